@@ -34,7 +34,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "indextts2-train=experiments.train:main",
+            "indextts2-train=experiments.train:run",
         ],
     },
 )

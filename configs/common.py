@@ -1,0 +1,141 @@
+"""Shared config pieces: the ``key=value,...`` argument parser and the training defaults.
+
+A config is a function ``get_config(arg: str | None) -> ConfigDict``. ``arg`` is parsed by
+:func:`parse_arg` against typed defaults; an unknown key or a value of the wrong type raises
+:class:`indextts2_jax.errors.ConfigError`. Launchers lock the returned config, so
+``--config.typo=1`` fails loudly as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from indextts2_jax.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on", "t", "y"}
+_FALSE = {"0", "false", "no", "off", "f", "n"}
+
+
+def _convert(key: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"config arg {key}={raw!r}: expected a boolean (true/false)")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"config arg {key}={raw!r}: expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"config arg {key}={raw!r}: expected a number") from None
+    if isinstance(default, (tuple, list)):
+        items = [s for s in raw.replace("+", ";").split(";") if s]
+        proto = default[0] if default else ""
+        return tuple(_convert(key, s, proto) for s in items)
+    return raw
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parse ``"k1=v1,k2=v2"`` against typed ``defaults``; returns a locked ConfigDict.
+
+    Values take the type of their default (bool accepts true/false/1/0; tuples are written
+    ``a;b;c``). Unknown keys and malformed items raise ConfigError naming them and the valid keys.
+    """
+    values = dict(defaults)
+    if arg:
+        for item in arg.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if "=" not in item:
+                raise ConfigError(f"config arg {item!r} is not of the form key=value (in {arg!r})")
+            key, raw = item.split("=", 1)
+            key = key.strip()
+            if key not in defaults:
+                raise ConfigError(f"unknown config arg {key!r} (in {arg!r}); valid keys: {sorted(defaults)}")
+            values[key] = _convert(key, raw, defaults[key])
+    cfg = ml_collections.ConfigDict(values)
+    cfg.lock()
+    return cfg
+
+
+def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
+    """Device mesh axes; one -1 fills the remaining devices."""
+    return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
+
+
+# Logical axis -> mesh axes. Activations: "batch" over data+fsdp. Params: FSDP over "embed",
+# tensor parallelism over "mlp"/"heads"/"vocab". Names not listed stay replicated.
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("codebook", "tensor"),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("kernel", None),
+    ("norm", None),
+)
+
+
+def training_defaults() -> ml_collections.ConfigDict:
+    """Defaults shared by every training stage; stage configs override what they need."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 100_000
+    c.global_batch_size = 32
+    c.grad_accum_steps = 1
+    c.compute_dtype = "float32"  # "bfloat16" on accelerators
+    c.param_dtype = "float32"
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 2e-4  # paper: AdamW, initial lr 2e-4
+    c.optimizer.warmup_steps = 1000
+    c.optimizer.decay = "cosine"
+    c.optimizer.end_learning_rate_factor = 0.1
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.98
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.grad_clip_norm = 1.0
+
+    c.freeze = ()  # regexes over "/"-joined param paths
+    c.init_from = ""  # a converted official checkpoint (fine-tuning)
+    c.resume = ""  # an explicit checkpoint dir to resume from
+
+    c.mesh = mesh_config()
+    c.logical_axis_rules = LOGICAL_AXIS_RULES
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 50
+    c.log.eval_every_steps = 1000
+    c.log.num_eval_batches = 4
+
+    c.data = ml_collections.ConfigDict()
+    c.data.manifest = ""
+    c.data.shards = ""
+    c.data.num_workers = 2
+    c.data.shuffle_seed = 0
+    c.data.max_audio_seconds = 20.0
+    c.data.min_audio_seconds = 0.5
+    c.data.max_text_tokens = 600
+    c.data.length_buckets = (256, 512, 1024)
+    return c

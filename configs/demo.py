@@ -1,0 +1,82 @@
+"""Tiny variants of every IndexTTS-2 component, for the demo recipe on 2 CPU cores.
+
+Same structure as ``configs/indextts2.py`` (``model`` mirrors config.yaml, ``aux`` the auxiliary
+models), every width and depth shrunk. The demo corpus has no pretrained w2v-BERT at hand, so the
+demo index bank (codec) and the conditioning encoders read 80-band log-mel frames stacked in pairs
+(160-d at ~43 Hz) instead of w2v-BERT features: ``demo.semantic_features = "mel"``.
+
+Launch: ::
+
+    python -m experiments.train --config configs/demo.py:stage=gpt --workdir runs/demo/gpt
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common, indextts2
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Args: stage (gpt|codec|s2mel|vocoder), scale (width multiplier, 1 = CPU demo), steps, batch."""
+    args = common.parse_arg(arg, stage="gpt", scale=1, steps=300, batch=8)
+    if args.stage not in indextts2.STAGES:
+        from indextts2_jax.errors import ConfigError
+
+        raise ConfigError(f"stage={args.stage!r}: expected one of {indextts2.STAGES}")
+    if args.scale < 1:
+        from indextts2_jax.errors import ConfigError
+
+        raise ConfigError(f"scale={args.scale}: must be >= 1")
+    s = args.scale
+    c = common.training_defaults()
+    c.stage = args.stage
+    c.total_steps = args.steps
+    c.global_batch_size = args.batch
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.warmup_steps = 20
+    c.checkpoint.every_steps = 100
+    c.log.every_steps = 10
+    c.log.eval_every_steps = 100
+    c.data.num_workers = 1
+    c.data.max_audio_seconds = 12.0
+    c.data.max_text_tokens = 160
+    c.data.length_buckets = (128, 256, 512)
+
+    feat_dim = 160  # stacked mel pairs stand in for w2v-BERT's 1024-d features
+    codebook = 256
+    m = indextts2.official_model_config()
+    m.dataset.bpe_model = "bpe.model"
+    m.gpt.update(dict(
+        model_dim=64 * s, heads=4, layers=2 * s, max_mel_tokens=400, max_text_tokens=160,
+        number_text_tokens=512, number_mel_codes=codebook + 2, start_mel_token=codebook,
+        stop_mel_token=codebook + 1,
+    ))
+    m.gpt.condition_module.update(dict(output_size=32 * s, linear_units=64 * s, attention_heads=2, num_blocks=1))
+    m.gpt.emo_condition_module.update(dict(output_size=32 * s, linear_units=64 * s, attention_heads=2, num_blocks=1))
+    m.semantic_codec.update(dict(codebook_size=codebook, hidden_size=feat_dim, codebook_dim=8, vocos_dim=64 * s,
+                                 vocos_intermediate_dim=128 * s, vocos_num_layers=2))
+    m.s2mel.length_regulator.update(dict(channels=64 * s, in_channels=feat_dim))
+    m.s2mel.DiT.update(dict(hidden_dim=64 * s, num_heads=2, depth=5, content_dim=64 * s))
+    m.s2mel.wavenet.update(dict(hidden_dim=64 * s, num_layers=2))
+    m.s2mel.style_encoder.dim = 64
+    c.model = m
+
+    a = indextts2.official_aux_config()
+    a.w2v_bert.update(dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                           get_emb_hidden_index=2))
+    a.campplus.update(dict(embedding_size=64, growth_rate=8, bn_size=2, init_channels=32))
+    a.bigvgan.update(dict(upsample_initial_channel=64 * s, resblock_kernel_sizes=[3, 7],
+                          resblock_dilation_sizes=[[1, 3], [1, 3]]))
+    c.aux = a
+    c.inference = indextts2.inference_defaults()
+    c.inference.diffusion_steps = 10
+
+    c.demo = ml_collections.ConfigDict(dict(
+        semantic_features="mel",  # w2v-BERT stand-in (see module docstring)
+        num_utterances=2000,
+        num_speakers=12,
+        bpe_vocab_size=512,
+        holdout_utterances=20,
+    ))
+    return c

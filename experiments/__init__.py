@@ -1,0 +1,1 @@
+"""Launchers: ``python -m experiments.<name> --config ... --workdir ...``."""
