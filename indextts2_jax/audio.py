@@ -106,11 +106,15 @@ def _check_path(path) -> Path:
 
 def _audioread_open(p: Path):
     """``audioread`` fallback (ffmpeg/gstreamer/CoreAudio backends), or None if unavailable."""
-    try:
-        import audioread
-    except ImportError:  # pragma: no cover - optional dependency
-        return None
-    return audioread.audio_open(str(p))
+    import warnings
+
+    with warnings.catch_warnings():  # audioread's raw backend imports aifc/audioop/sunau (deprecated)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import audioread
+        except ImportError:  # pragma: no cover - optional dependency
+            return None
+        return audioread.audio_open(str(p))
 
 
 def audio_info(path) -> AudioInfo:
