@@ -1,0 +1,105 @@
+"""Parity of the Flax semantic codec (RepCodec + factorized VQ) with the official one
+(fixtures ``semantic_codec/*``).
+
+Codes must be exactly equal (argmax; the fixture's smallest top-1/top-2 cosine gap is 0.005).
+Float outputs: max relative error 1e-5 (float32; two small conv/linear stacks, differences are
+summation order only, measured ~1e-7).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from indextts2_jax.errors import CheckpointError, ConfigError
+from indextts2_jax.models import semantic_codec as sc
+from tests.parity.cases import assert_close, cases, get_case, max_rel_err
+
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("path", cases("semantic_codec"))
+def test_semantic_codec_parity(path):
+    case = get_case(path)
+    config = sc.SemanticCodecConfig.from_official(case.config)
+    params = sc.from_torch(case.params, config)
+    model = sc.SemanticCodec(config)
+    features = case.inputs["features"]
+    out = jax.jit(lambda p, x: model.apply({"params": p}, x, method=sc.SemanticCodec.quantize_details))(
+        params, features
+    )
+    np.testing.assert_array_equal(np.asarray(out["codes"]), case.outputs["codes"])
+    assert_close(out["quantized"], case.outputs["quantized"], TOL, "quantized")
+    assert_close(out["encoder_out"], case.outputs["encoder_out"].transpose(0, 2, 1), TOL, "encoder_out")
+    assert_close(out["z_e"], case.outputs["projected_latents"].transpose(0, 2, 1), TOL, "z_e")
+
+    codes, quantized = sc.codec_quantize(params, features, config)
+    np.testing.assert_array_equal(np.asarray(codes), case.outputs["codes"])
+    assert_close(quantized, case.outputs["quantized"], TOL, "codec_quantize")
+
+    # vq2emb: the fixture's codes are in the official (n_quantizers=1, B, T) layout
+    emb = sc.codec_vq2emb(params, case.inputs["vq2emb_codes"][0], config)
+    assert_close(emb, case.outputs["vq2emb"], TOL, "vq2emb")
+    emb_codes = sc.codec_vq2emb(params, case.outputs["codes"], config)
+    assert_close(emb_codes, case.outputs["vq2emb_of_codes"], TOL, "vq2emb_of_codes")
+    print(
+        f"{case.id}: quantized {max_rel_err(quantized, case.outputs['quantized']):.2e}, "
+        f"vq2emb {max_rel_err(emb, case.outputs['vq2emb']):.2e}"
+    )
+
+
+@pytest.mark.parametrize("path", cases("semantic_codec"))
+def test_semantic_codec_batching_and_decoder(path):
+    """vq2emb embeds every batch row (unlike the official B=1-only call); a padded batch row's
+    codes equal the row alone; the training forward (with the converted decoder) runs."""
+    case = get_case(path)
+    config = sc.SemanticCodecConfig.from_official(case.config)
+    params = sc.from_torch(case.params, config)
+    x = case.inputs["features"][0]
+    t = x.shape[0]
+    short = t - 7
+    batch = np.stack([x, np.concatenate([x[:short], np.full((7, x.shape[1]), 5.0, np.float32)])])
+    mask = np.arange(t)[None] < np.array([[t], [short]])
+    codes, quantized = sc.codec_quantize(params, batch, config, mask)
+    codes = np.asarray(codes)
+    np.testing.assert_array_equal(codes[0], case.outputs["codes"][0])
+    alone, alone_q = sc.codec_quantize(params, x[None, :short], config)
+    np.testing.assert_array_equal(codes[1, :short], np.asarray(alone)[0])
+    assert_close(np.asarray(quantized)[1, :short], alone_q[0], 1e-5, "padded row vs alone")
+
+    emb = np.asarray(sc.codec_vq2emb(params, codes, config))
+    assert emb.shape == (2, t, config.hidden_size)
+    np.testing.assert_allclose(emb[0], case.outputs["vq2emb_of_codes"][0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(emb[1, :short], np.asarray(sc.codec_vq2emb(params, alone, config))[0], atol=1e-5)
+
+    out = jax.jit(sc.SemanticCodec(config).apply)({"params": params}, batch, mask)
+    assert out["reconstruction"].shape == batch.shape
+    assert np.isfinite(float(out["commit_loss"])) and float(out["codebook_loss"]) > 0
+    np.testing.assert_allclose(float(out["commit_loss"]), 0.15 * float(out["codebook_loss"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", cases("semantic_codec"))
+def test_semantic_codec_conversion_is_strict(path):
+    case = get_case(path)
+    config = sc.SemanticCodecConfig.from_official(case.config)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        sc.from_torch({**case.params, "quantizer.quantizers.1.codebook.weight": np.zeros((4, 8))}, config)
+    broken = {k: v for k, v in case.params.items() if k != "encoder.0.convnext.1.gamma"}
+    with pytest.raises(CheckpointError):
+        sc.from_torch(broken, config)
+    # without the decoder: its keys are ignored on purpose, and the tree has no decoder
+    no_dec = sc.SemanticCodecConfig.from_official({**case.config, "with_decoder": False})
+    assert "decoder" not in sc.from_torch(case.params, no_dec)
+    with pytest.raises(ConfigError):
+        sc.SemanticCodecConfig.from_official({**case.config, "num_quantizers": 2})
+
+
+def test_official_defaults_param_count():
+    c = sc.SemanticCodecConfig()
+    shapes = nn.unbox(
+        jax.eval_shape(sc.SemanticCodec(c).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 4, 1024), jnp.float32))
+    )["params"]
+    assert shapes["quantizer"]["codebook"].shape == (8192, 8)
+    assert shapes["encoder"]["backbone"]["embed"]["kernel"].shape == (7, 1024, 384)
+    assert len([k for k in shapes["encoder"]["backbone"] if k.startswith("convnext_")]) == 12
