@@ -53,6 +53,8 @@ ENGLISH_CASES = [
     ("Wake at 6:00.", "Wake at six o'clock."),
     ("Mr. Smith met Dr. Jones.", "mister Smith met doctor Jones."),
     ("apples, pears, etc. and more", "apples, pears, et cetera and more"),
+    ("apples, pears, etc.", "apples, pears, et cetera."),
+    ("version 1.2.3 is out.", "version one point two point three is out."),
     ("CosyVoice2 and GPT-5", "CosyVoice two and GPT-five"),
     ("agent 007", "agent zero zero seven"),
     ("  lots   of \n space  ", "lots of space"),
@@ -81,6 +83,7 @@ CHINESE_CASES = [
     ("是1/2", "是二分之一"),
     ("电话13812345678", "电话一三八一二三四五六七八"),
     ("编号007", "编号零零七"),
+    ("版本1.2.3", "版本一点二点三"),
     ("重3.2g，长0.01mm", "重三点二克,长零点零一毫米"),
     ("１２３和ＡＢＣ", "一百二十三和ABC"),  # full-width to half-width, then numbers
     ("晕XUAN4是一种GAN3觉", "晕XVAN4是一种GAN3觉"),  # pinyin+tone kept (upper-cased, xu -> xv)

@@ -267,6 +267,8 @@ _CURRENCIES = {
     "￥": ("yen", "yen", None, None),
 }
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"
+_DIGIT_RE = re.compile(r"\d")
+_VERSION_RE = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?![\d.]|\.\d)")  # 1.2.3 (read "one point two point three")
 _EN_CURRENCY_RE = re.compile(
     r"([$€£¥￥])\s?(" + _NUM + r")(?:\.(\d+))?(?:\s?(thousand|million|billion|trillion)\b)?", re.IGNORECASE
 )
@@ -286,7 +288,7 @@ _EN_ABBREVIATIONS = (
     (r"\bProf\.", "professor"), (r"\bJr\.", "junior"), (r"\bSr\.", "senior"), (r"\bSt\.(?= [A-Z])", "saint"),
     (r"\bMt\.", "mount"), (r"\bvs\.", "versus"), (r"\be\.g\.", "for example"), (r"\bi\.e\.", "that is"),
     (r"\bapprox\.", "approximately"), (r"\bNo\.(?=\s?\d)", "number"), (r"\bno\.(?=\s?\d)", "number"),
-    (r"\betc\.(?=\s*(?:[a-z,;:]|$))", "et cetera"), (r"\betc\.", "et cetera."),
+    (r"\betc\.(?=\s*[a-z,;:])", "et cetera"), (r"\betc\.", "et cetera."),
 )  # fmt: skip
 _EN_ABBREVIATIONS = tuple((re.compile(p), r) for p, r in _EN_ABBREVIATIONS)
 
@@ -372,9 +374,10 @@ def normalize_english(text: str) -> str:
     text = _sub_padded(_EN_ORDINAL_RE, lambda m: english_ordinal(int(m.group(1))), text)
     text = _sub_padded(_EN_DECADE_RE, lambda m: _pluralize_number_word(_en_year(int(m.group(1) + m.group(2)))), text)
     text = _sub_padded(_EN_YEAR_RE, lambda m: _en_year(int(m.group(1))), text)
+    text = _sub_padded(_VERSION_RE, lambda m: " point ".join(_en_integer(p) for p in m.group(0).split(".")), text)
     text = _sub_padded(_EN_NUMBER_RE, _en_number, text)
     # digits left over by odd formats (1.2.3) are read one by one
-    text = _sub_padded(re.compile(r"\d"), lambda m: _DIGIT_WORDS[m.group(0)], text)
+    text = _sub_padded(_DIGIT_RE, lambda m: _DIGIT_WORDS[m.group(0)], text)
     return text
 
 
@@ -501,9 +504,10 @@ def normalize_chinese(text: str) -> str:
     # phone-like numbers (135-4567-8900) are read digit by digit, hyphens kept
     text = _ZH_HYPHEN_DIGITS_RE.sub(lambda m: "-".join(_zh_digits(p) for p in m.group(0).split("-")), text)
     text = _ZH_UNIT_RE.sub(lambda m: m.group(1) + _ZH_UNITS[m.group(2)], text)
+    text = _VERSION_RE.sub(lambda m: "点".join(_zh_integer(p) for p in m.group(0).split(".")), text)
     text = _ZH_NUMBER_RE.sub(_zh_number, text)
     # digits left over by odd formats (1.2.3) are read one by one
-    return re.sub(r"\d", lambda m: _ZH_DIGITS[int(m.group(0))], text)
+    return _DIGIT_RE.sub(lambda m: _ZH_DIGITS[int(m.group(0))], text)
 
 
 # ---------------------------------------------------------------------------------------------
