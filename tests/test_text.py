@@ -333,6 +333,26 @@ def test_extend_bpe_covers_new_language(tok, extended):
     assert ext.decode(ext.encode(text)) == tok.decode(tok.encode(text))
 
 
+def test_extend_bpe_only_new_characters(tok, bpe_path, tmp_path):
+    path = extend_bpe(
+        bpe_path, _NEW_LANGUAGE_LINES * 10, 60, tmp_path / "chars.model", lang="de", only_new_characters=True
+    )
+    ext = TextTokenizer(path)
+    known = {ch for piece in tok.ids_to_pieces(range(tok.vocab_size)) for ch in piece}
+    added = ext.ids_to_pieces(range(tok.vocab_size, ext.vocab_size))
+    assert added and all(any(ch not in known for ch in piece) for piece in added)
+    assert "Ü" in added and "É" in added
+    # base-language text encodes exactly as before
+    for line in _generated_corpus(30, seed=5):
+        assert ext.encode(line) == tok.encode(line)
+    assert TextTokenizer(path, lang="de").unknown_pieces("Über die Brücke") == []
+
+
+def test_unknown_pieces(tok):
+    assert tok.unknown_pieces("Über die Brücke, ça va") == ["Ü", "Ü", "Ç"]
+    assert tok.unknown_pieces("The quick brown fox") == []
+
+
 def test_extend_bpe_rejects_bad_count(bpe_path, tmp_path):
     with pytest.raises(ValueError, match="num_new_pieces"):
         extend_bpe(bpe_path, ["Über"], 0, tmp_path / "x.model")

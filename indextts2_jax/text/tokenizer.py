@@ -145,6 +145,11 @@ class TextTokenizer:
         """
         return self.pieces_to_ids(self.tokenize(text, check=check))
 
+    def unknown_pieces(self, text: str) -> list[str]:
+        """The pieces of ``text`` that the model does not know (they encode to ``unk_id``)."""
+        pieces = self.tokenize(text, check=False)
+        return [p for p, i in zip(pieces, self.pieces_to_ids(pieces)) if i == self.unk_id]
+
     def encode_batch(self, texts: Iterable[str], *, check: bool = True) -> list[list[int]]:
         return [self.encode(t, check=check) for t in texts]
 
@@ -278,6 +283,7 @@ def extend_bpe(
     *,
     normalize: bool = True,
     lang: str | None = None,
+    only_new_characters: bool = False,
     character_coverage: float = 1.0,
     num_threads: int = 1,
     **trainer_options,
@@ -290,7 +296,10 @@ def extend_bpe(
     ``lang`` to choose the normalization, e.g. ``"de"`` for the language-neutral steps only); its
     pieces that the base lacks are appended: first every new character (so the new script is no
     longer unknown), then merged pieces in merge order. Appended pieces score below every base
-    piece, so base merges keep their priority.
+    piece, so base merges keep their priority. A new merged piece made only of characters the base
+    knows can still change how base-language text is split (never its ids' meaning); with
+    ``only_new_characters=True`` only pieces holding a character the base lacks are added, so every
+    text that the base encodes without unknown pieces encodes exactly as before.
 
     Args:
       base_model: path, bytes, ``SentencePieceProcessor`` or :class:`TextTokenizer`.
@@ -330,6 +339,9 @@ def extend_bpe(
 
     normal = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
     candidates = [p for p in new.pieces if p.type == normal and p.piece not in existing]
+    if only_new_characters:
+        known_chars = {ch for piece in existing for ch in piece}
+        candidates = [p for p in candidates if any(ch not in known_chars for ch in p.piece)]
     chars = [p for p in candidates if len(p.piece) == 1]
     merged = sorted((p for p in candidates if len(p.piece) > 1), key=lambda p: -p.score)
     chosen = (chars + merged)[:num_new_pieces]
