@@ -55,6 +55,7 @@ __all__ = [
     "MelConfig",
     "audio_info",
     "campplus_features",
+    "fbank_num_frames",
     "kaldi_fbank",
     "kaldi_mel_banks",
     "load_audio",
@@ -62,6 +63,9 @@ __all__ = [
     "mel_spectrogram",
     "resample_22k_to_16k",
     "resample_sinc",
+    "resample_sinc_jax",
+    "load_emotion_prompt",
+    "load_speaker_prompt",
     "sinc_resample_kernel",
     "validate_waveform",
     "w2v_bert_features",
@@ -215,6 +219,8 @@ def validate_waveform(
 ) -> np.ndarray:
     """Check an in-memory mono waveform like :func:`load_audio` checks files; return it as float32 (N,).
 
+    Signed integer PCM is scaled to [-1, 1) (int16 / 32768), floats are kept as they are.
+
     Raises ChannelError (not 1-D), NonFiniteAudioError, SilentAudioError (empty or peak below
     ``silence_threshold``), AudioTooShortError, AudioTooLongError, SampleRateError (when
     ``expected_sample_rate`` differs from ``sample_rate``). Messages start with ``name``.
@@ -224,8 +230,10 @@ def validate_waveform(
         raise ChannelError(f"{name}: expected a 1-D mono waveform, got shape {wave.shape}")
     if expected_sample_rate is not None and int(sample_rate) != int(expected_sample_rate):
         raise SampleRateError(f"{name}: sample rate {sample_rate} Hz, expected {expected_sample_rate} Hz")
-    if not np.issubdtype(wave.dtype, np.floating) and not np.issubdtype(wave.dtype, np.integer):
-        raise AudioDecodeError(f"{name}: waveform has dtype {wave.dtype}, expected float or integer PCM")
+    if np.issubdtype(wave.dtype, np.signedinteger):  # PCM: scale to [-1, 1) like soundfile's float read
+        wave = wave.astype(np.float32) / np.float32(np.iinfo(wave.dtype).max + 1)
+    elif not np.issubdtype(wave.dtype, np.floating):
+        raise AudioDecodeError(f"{name}: waveform has dtype {wave.dtype}, expected float or signed integer PCM")
     wave = wave.astype(np.float32, copy=False)
     _check_finite(wave, name, None)
     _check_content(wave, sample_rate, name, None, min_seconds=min_seconds, max_seconds=max_seconds,
@@ -357,15 +365,62 @@ def resample_sinc(
     flat = wave.reshape(-1, length).astype(np.float64)
     padded = np.pad(flat, ((0, 0), (width, width + o)))
     taps = kernel.shape[1]
-    blocks = np.lib.stride_tricks.sliding_window_view(padded, taps, axis=-1)[:, ::o, :]  # (B, frames, taps)
-    out = np.einsum("bft,pt->bfp", blocks, kernel.astype(np.float64), optimize=True)  # (B, frames, n)
+    blocks = np.lib.stride_tricks.sliding_window_view(padded, taps, axis=-1)[:, ::o, :]  # (B, frames, taps) view
+    kernel64 = kernel.astype(np.float64).T  # (taps, n)
+    out = np.empty((flat.shape[0], blocks.shape[1], n), dtype=np.float64)
+    step = 4096  # frames per chunk: bounds the float64 copy of the strided view (~15 MB per item)
+    for start in range(0, blocks.shape[1], step):
+        out[:, start : start + step] = blocks[:, start : start + step] @ kernel64
     out = out.reshape(out.shape[0], -1)[:, : math.ceil(n * length / o)]
     return out.astype(np.float32).reshape(*lead, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("orig_sr", "new_sr", "lowpass_filter_width", "rolloff"))
+def resample_sinc_jax(
+    wave: jax.Array, orig_sr: int, new_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99
+) -> jax.Array:
+    """:func:`resample_sinc` in JAX (float32, jit-able, e.g. for on-device 22.05k -> 16k in training).
+
+    ``(..., N) -> (..., ceil(N * new/orig))``; same kernel, float32 accumulation (~1e-6 relative).
+    """
+    wave = jnp.asarray(wave, jnp.float32)
+    if int(orig_sr) == int(new_sr):
+        return wave
+    g = math.gcd(int(orig_sr), int(new_sr))
+    o, n = int(orig_sr) // g, int(new_sr) // g
+    kernel, width = sinc_resample_kernel(int(orig_sr), int(new_sr), lowpass_filter_width, float(rolloff))
+    length = wave.shape[-1]
+    padded = jnp.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(width, width + o)])
+    blocks = _frame(padded, kernel.shape[1], o)  # (..., frames, taps)
+    out = jnp.matmul(blocks, kernel.T, precision=_HIGHEST)  # (..., frames, n)
+    out = out.reshape(*out.shape[:-2], -1)
+    return out[..., : math.ceil(n * length / o)]
 
 
 def resample_22k_to_16k(wave) -> np.ndarray:
     """The speaker-prompt path's ``torchaudio.transforms.Resample(22050, 16000)``; ``(..., N) -> (..., N16)``."""
     return resample_sinc(wave, 22050, 16000)
+
+
+def load_speaker_prompt(path, *, truncate_seconds: float | None = 15.0, **checks) -> tuple[np.ndarray, np.ndarray]:
+    """infer_v2's speaker-prompt audio: ``(wav_22k (N,), wav_16k (ceil(N*320/441),))`` float32.
+
+    ``librosa.load(path)`` (22.05 kHz) cut to ``truncate_seconds``, then torchaudio's sinc resampler
+    to 16 kHz (the 22.05k -> 22.05k ``Resample`` of infer_v2 is the identity). ``checks`` go to
+    :func:`load_audio` (``min_seconds``, ``mono``, ``silence_threshold``, ...). wav_22k feeds the S2M
+    mel, wav_16k the w2v-BERT features and the CAMPPlus fbank.
+    """
+    wav_22k = load_audio(path, 22050, truncate_seconds=truncate_seconds, **checks)
+    return wav_22k, resample_22k_to_16k(wav_22k)
+
+
+def load_emotion_prompt(path, *, truncate_seconds: float | None = 15.0, **checks) -> np.ndarray:
+    """infer_v2's emotion-prompt audio: ``librosa.load(path, sr=16000)`` cut to 15 s, float32 ``(N,)``.
+
+    Differs numerically from the speaker path's 16 kHz audio of the same file (one soxr step
+    instead of soxr to 22.05 kHz then sinc to 16 kHz).
+    """
+    return load_audio(path, 16000, truncate_seconds=truncate_seconds, **checks)
 
 
 # =========================================================================================
@@ -466,7 +521,14 @@ def mel_spectrogram(wave, config: MelConfig | Mapping[str, Any] | None = None) -
         config = MelConfig()
     elif not isinstance(config, MelConfig):
         config = MelConfig.from_official(config)
-    return _mel_spectrogram(jnp.asarray(wave, jnp.float32), config)
+    wave = jnp.asarray(wave, jnp.float32)
+    reflect = (config.n_fft - config.hop_size) // 2
+    total_pad = reflect + (config.n_fft // 2 if config.center else 0)
+    min_samples = max(reflect + 1, config.n_fft - 2 * total_pad)  # reflect pad < N, and one whole frame
+    if wave.shape[-1] < min_samples:
+        raise AudioTooShortError(
+            f"mel_spectrogram: waveform has {wave.shape[-1]} samples, needs at least {min_samples}")
+    return _mel_spectrogram(wave, config)
 
 
 # =========================================================================================
@@ -606,14 +668,35 @@ def kaldi_fbank(wave, num_mel_bins: int = 80, *, config: FbankConfig | None = No
     return _kaldi_fbank(wave, config)
 
 
-def campplus_features(wave_16k, *, config: FbankConfig | None = None) -> jax.Array:
+def fbank_num_frames(num_samples, config: FbankConfig | None = None):
+    """Frames of :func:`kaldi_fbank` for ``num_samples`` (int or array): ``1 + (N - 400) // 160``, >= 0."""
+    c = config or FbankConfig()
+    n = np.asarray(num_samples)
+    frames = np.where(n >= c.window_size, 1 + (n - c.window_size) // c.window_shift, 0)
+    return int(frames) if frames.ndim == 0 else frames
+
+
+def campplus_features(wave_16k, lengths=None, *, config: FbankConfig | None = None) -> jax.Array:
     """CAMPPlus input: 80-bin Kaldi fbank of the 16 kHz float waveform minus its per-bin time mean.
 
-    ``(B, N)`` -> ``(B, T, 80)`` (or ``(N,)`` -> ``(T, 80)``). Every frame of each item enters the mean
-    (pass unpadded audio; infer_v2 runs one prompt at a time).
+    Args:
+        wave_16k: ``(B, N)`` or ``(N,)`` float waveform in [-1, 1].
+        lengths: optional ``(B,)`` true sample counts of a zero-padded batch: the mean then runs
+            over each item's own :func:`fbank_num_frames` frames (equal to the unpadded result
+            there) and later frames are set to 0. Without it every frame enters the mean, as in
+            infer_v2 (one unpadded prompt).
+    Returns:
+        ``(B, T, 80)`` (or ``(T, 80)``) float32.
     """
     fbank = kaldi_fbank(wave_16k, config=config)
-    return fbank - jnp.mean(fbank, axis=-2, keepdims=True)
+    if lengths is None:
+        return fbank - jnp.mean(fbank, axis=-2, keepdims=True)
+    if fbank.ndim != 3:
+        raise ValueError("campplus_features: lengths needs a (B, N) batch")
+    frames = jnp.asarray(fbank_num_frames(np.asarray(lengths), config))
+    valid = (jnp.arange(fbank.shape[1])[None, :] < frames[:, None])[..., None]
+    mean = jnp.sum(jnp.where(valid, fbank, 0.0), axis=1, keepdims=True) / jnp.maximum(frames, 1)[:, None, None]
+    return jnp.where(valid, fbank - mean, 0.0)
 
 
 # =========================================================================================
@@ -695,7 +778,8 @@ def _as_wave_list(waves) -> list[np.ndarray]:
 
 
 def w2v_bert_features(
-    waves: Sequence[np.ndarray] | np.ndarray, *, padding_value: float = 1.0, stride: int = 2
+    waves: Sequence[np.ndarray] | np.ndarray, *, padding_value: float = 1.0, stride: int = 2,
+    sampling_rate: int = 16000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``SeamlessM4TFeatureExtractor(...)(waves, sampling_rate=16000, padding=True)`` in NumPy.
 
@@ -712,8 +796,14 @@ def w2v_bert_features(
         ``input_features`` float32 ``(B, T2, 80*stride)`` and ``attention_mask`` int32 ``(B, T2)``
         (1 where the second frame of a pair is real), T2 = ceil(max F / stride),
         F = 1 + (N - 400) // 160.
+
+    Raises:
+        SampleRateError: ``sampling_rate`` is not 16000 (the extractor refuses other rates).
+        AudioTooShortError: an utterance has fewer than two frames (560 samples).
     """
     c = W2V_BERT_FBANK
+    if int(sampling_rate) != int(c.sample_frequency):
+        raise SampleRateError(f"w2v_bert_features: audio at {sampling_rate} Hz, the extractor needs 16000 Hz")
     feats = []
     for i, w in enumerate(_as_wave_list(waves)):
         n_frames = 1 + (w.shape[-1] - c.window_size) // c.window_shift if w.shape[-1] >= c.window_size else 0

@@ -243,6 +243,34 @@ def test_resample_preserves_a_low_tone():
     np.testing.assert_allclose(y[inner], np.sin(2 * np.pi * 440 * t_out)[inner], atol=2e-3)
 
 
+def test_resample_jax_matches_numpy():
+    rng = np.random.default_rng(5)
+    waves = (rng.standard_normal((2, 7001)) * 0.1).astype(np.float32)
+    for orig, new in ((22050, 16000), (16000, 22050), (24000, 16000)):
+        ref = audio.resample_sinc(waves, orig, new)
+        got = np.asarray(audio.resample_sinc_jax(waves, orig, new))
+        assert got.shape == ref.shape == (2, math.ceil(7001 * new / orig))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_prompt_loaders(tmp_path):
+    path = _write(tmp_path, "prompt44.wav", _tone(1.0, 44100), 44100)
+    wav_22k, wav_16k = audio.load_speaker_prompt(path, truncate_seconds=0.5)
+    assert wav_22k.shape == (11025,) and wav_16k.shape == (8000,)
+    np.testing.assert_array_equal(wav_16k, audio.resample_22k_to_16k(wav_22k))
+    emo = audio.load_emotion_prompt(path)
+    assert emo.shape == (16000,)
+    # the two 16 kHz paths agree in content but not bit for bit (spec 4.1)
+    assert not np.array_equal(emo[:8000], wav_16k)
+    np.testing.assert_allclose(emo[1000:7000], wav_16k[1000:7000], atol=5e-3)
+
+
+def test_validate_int16_pcm():
+    pcm = (np.sin(np.arange(4000) / 5.0) * 16384).astype(np.int16)
+    wave = audio.validate_waveform(pcm, 16000)
+    assert wave.dtype == np.float32 and np.abs(wave).max() == pytest.approx(0.5, abs=1e-3)
+
+
 def test_batched_mel_equals_per_item_mel():
     rng = np.random.default_rng(2)
     waves = (rng.standard_normal((2, 22050)) * 0.1).astype(np.float32)
@@ -272,6 +300,23 @@ def test_fbank_batch_shapes_and_campplus_mean():
     np.testing.assert_allclose(feat.mean(axis=1), 0.0, atol=1e-4)
     with pytest.raises(AudioTooShortError):
         audio.kaldi_fbank(np.zeros(399, np.float32))
+    with pytest.raises(AudioTooShortError):
+        audio.mel_spectrogram(np.zeros(300, np.float32))
+
+
+def test_campplus_features_with_lengths_equals_unpadded():
+    rng = np.random.default_rng(6)
+    lengths = [16000, 11111]
+    padded = np.zeros((2, 16000), np.float32)
+    for i, n in enumerate(lengths):
+        padded[i, :n] = rng.standard_normal(n) * 0.1
+    feat = np.asarray(audio.campplus_features(padded, lengths))
+    for i, n in enumerate(lengths):
+        frames = audio.fbank_num_frames(n)
+        alone = np.asarray(audio.campplus_features(padded[i, :n]))
+        assert alone.shape == (frames, 80)
+        np.testing.assert_allclose(feat[i, :frames], alone, rtol=0, atol=1e-4)
+        assert np.all(feat[i, frames:] == 0.0)
 
 
 def test_kaldi_banks_shape_and_range():
@@ -303,3 +348,5 @@ def test_w2v_bert_features_numpy_vs_jax_and_padding():
     np.testing.assert_allclose(np.asarray(features_jax), features, rtol=0, atol=2e-3)
     with pytest.raises(AudioTooShortError):
         audio.w2v_bert_features([np.ones(500, np.float32)])
+    with pytest.raises(SampleRateError):
+        audio.w2v_bert_features(waves, sampling_rate=22050)

@@ -47,6 +47,8 @@ def _check_fbank(case):
     wav_16k = audio.resample_sinc(case.inputs["wav_22k"], case.config["orig_sr"], 16000)
     assert wav_16k.shape == case.outputs["wav_16k"].shape
     assert_close(wav_16k, case.outputs["wav_16k"], TOL_LINEAR, "torchaudio Resample 22050->16000")
+    wav_16k_jax = audio.resample_sinc_jax(case.inputs["wav_22k"], case.config["orig_sr"], 16000)
+    assert_close(wav_16k_jax, case.outputs["wav_16k"], TOL_LINEAR, "torchaudio Resample 22050->16000 (JAX)")
     # fbank alone, from the reference 16 kHz audio (official layout (T, 80) for one utterance)
     fbank = np.asarray(audio.kaldi_fbank(case.outputs["wav_16k"][0]))
     assert_close(fbank, case.outputs["fbank"], TOL_FBANK, "kaldi fbank")
