@@ -348,6 +348,15 @@ def test_extend_bpe_only_new_characters(tok, bpe_path, tmp_path):
     assert TextTokenizer(path, lang="de").unknown_pieces("Über die Brücke") == []
 
 
+def test_extend_bpe_fewer_pieces_than_new_characters(bpe_path, tmp_path):
+    with pytest.warns(RuntimeWarning, match="raise num_new_pieces"):
+        path = extend_bpe(bpe_path, _NEW_LANGUAGE_LINES, 2, tmp_path / "two.model", lang="de")
+    ext = TextTokenizer(path)
+    base_size = TextTokenizer(bpe_path).vocab_size
+    assert ext.vocab_size == base_size + 2
+    assert all(len(p) == 1 for p in ext.ids_to_pieces(range(base_size, ext.vocab_size)))  # characters first
+
+
 def test_unknown_pieces(tok):
     assert tok.unknown_pieces("Über die Brücke, ça va") == ["Ü", "Ü", "Ç"]
     assert tok.unknown_pieces("The quick brown fox") == []

@@ -333,9 +333,11 @@ def extend_bpe(
         remove_extra_whitespaces=base.normalizer_spec.remove_extra_whitespaces,
     )
     options.update(trainer_options)
-    # Train somewhat more pieces than requested: many will already be in the base model.
+    # Room for every character of the corpus plus twice the requested merges (many of the pieces
+    # will already be in the base model; the limit is soft, a small corpus yields fewer).
+    n_chars = len({ch for line in lines for ch in line if not ch.isspace()})
     new = sentencepiece_model_pb2.ModelProto()
-    new.ParseFromString(_train_to_bytes(lines, 2 * num_new_pieces + 8, **options))
+    new.ParseFromString(_train_to_bytes(lines, n_chars + 8 + 2 * num_new_pieces, **options))
 
     normal = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
     candidates = [p for p in new.pieces if p.type == normal and p.piece not in existing]
