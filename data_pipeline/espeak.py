@@ -108,33 +108,56 @@ class _Engine:
         self.chunks: list[np.ndarray] = []
         self.callback = _SYNTH_CALLBACK(self._on_samples)  # kept alive for as long as the engine exists
         self.voice_name: str | None = None
-        self.private_copy: str | None = None
-        self.copy_owner_pid = -1
+        self.private_dir: str | None = None
+        self.private_owner_pid = -1
 
     def _on_samples(self, wav, num_samples, _events) -> int:
         if num_samples > 0 and wav:
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0  # 0 = continue synthesis
 
-    def _private_library(self) -> str:
-        if self.private_copy is None or not os.path.exists(self.private_copy):
-            lib_path, _ = library_paths()
-            folder = tempfile.mkdtemp(prefix="espeak-ng-")
-            self.private_copy = os.path.join(folder, "libespeak-ng-private.so")
-            shutil.copyfile(lib_path, self.private_copy)
-            self.copy_owner_pid = os.getpid()
-            atexit.register(self._remove_private_copy)
-        return self.private_copy
+    def _private_files(self) -> tuple[str, str]:
+        """(library copy, data folder) private to this process; made on first use, removed at exit.
 
-    def _remove_private_copy(self) -> None:
-        if self.private_copy and os.getpid() == self.copy_owner_pid:
-            shutil.rmtree(os.path.dirname(self.private_copy), ignore_errors=True)
+        The data folder mirrors espeakng-loader's data through symlinks, plus a lower-case alias in voices/
+        for every language file under lang/ (e.g. voices/en-us -> lang/gmw/en-US). espeak-ng lower-cases voice
+        names and, when voices/<name> or lang/<name> does not exist, scans and parses every voice file to
+        find it (~3 ms, as long as the synthesis of a short sentence); with the aliases it opens the file directly.
+        """
+        if self.private_dir is None or not os.path.isdir(self.private_dir):
+            lib_path, data_path = library_paths()
+            folder = tempfile.mkdtemp(prefix="espeak-ng-")
+            shutil.copyfile(lib_path, os.path.join(folder, "libespeak-ng-private.so"))
+            data = os.path.join(folder, "espeak-ng-data")
+            os.mkdir(data)
+            for entry in os.listdir(data_path):
+                if entry != "voices":
+                    os.symlink(os.path.join(data_path, entry), os.path.join(data, entry))
+            voices = os.path.join(data, "voices")
+            os.mkdir(voices)
+            real_voices = os.path.join(data_path, "voices")
+            if os.path.isdir(real_voices):
+                for entry in os.listdir(real_voices):
+                    os.symlink(os.path.join(real_voices, entry), os.path.join(voices, entry))
+            for parent, _, files in sorted(os.walk(os.path.join(data_path, "lang"))):
+                for name in sorted(files):
+                    alias = os.path.join(voices, name.lower())
+                    if not os.path.lexists(alias):
+                        os.symlink(os.path.join(parent, name), alias)
+            self.private_dir = folder
+            self.private_owner_pid = os.getpid()
+            atexit.register(self._remove_private_files)
+        folder = self.private_dir
+        return os.path.join(folder, "libespeak-ng-private.so"), os.path.join(folder, "espeak-ng-data")
+
+    def _remove_private_files(self) -> None:
+        if self.private_dir and os.getpid() == self.private_owner_pid:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
 
     def load(self) -> None:
         if self.lib is not None:
             return
-        _, data_path = library_paths()
-        path = self._private_library()
+        path, data_path = self._private_files()
         try:
             lib = ctypes.CDLL(path)
         except OSError as e:
@@ -180,7 +203,7 @@ class _Engine:
         lib.espeak_Terminate()
         _ctypes.dlclose(lib._handle)
         try:  # RTLD_NOLOAD succeeds only if the library is still mapped
-            ctypes.CDLL(self.private_copy, mode=os.RTLD_NOLOAD)
+            ctypes.CDLL(self._private_files()[0], mode=os.RTLD_NOLOAD)
         except OSError:
             return
         raise EspeakError("the private espeak-ng copy could not be unloaded; its state would leak between calls")
