@@ -117,11 +117,11 @@ class TextTokenizer:
         return self.sp.serialized_model_proto()
 
     # --- encoding -----------------------------------------------------------------------
-    def preprocess(self, text: str) -> str:
-        """The string SentencePiece sees: normalized, CJK split, upper-cased."""
-        return preprocess_text(text, normalize=self.normalize, lang=self.lang)
+    def preprocess(self, text: str, lang: str | None = None) -> str:
+        """The string SentencePiece sees: normalized, CJK split, upper-cased (``lang`` overrides ``self.lang``)."""
+        return preprocess_text(text, normalize=self.normalize, lang=lang or self.lang)
 
-    def tokenize(self, text: str, *, check: bool = True) -> list[str]:
+    def tokenize(self, text: str, *, check: bool = True, lang: str | None = None) -> list[str]:
         """Text -> SentencePiece pieces (unknown characters keep their surface form).
 
         With ``check`` (default) raises ``EmptyTextError`` / ``UnpronounceableTextError`` /
@@ -129,21 +129,23 @@ class TextTokenizer:
         """
         if check and (not text or not text.strip()):
             raise EmptyTextError(f"text is empty or only whitespace: {quote_text(text or '')}", text=text)
-        prepared = self.preprocess(text) if text else ""
+        prepared = self.preprocess(text, lang) if text else ""
         pieces = self.sp.encode(prepared, out_type=str) if prepared else []
         if check:
             self._check(text, pieces, self.pieces_to_ids(pieces))
         return pieces
 
-    def encode(self, text: str, *, check: bool = True) -> list[int]:
+    def encode(self, text: str, *, check: bool = True, lang: str | None = None) -> list[int]:
         """Text -> ids (``list[int]``), unknown pieces -> ``unk_id``.
+
+        ``lang`` (e.g. a manifest's language code) overrides the tokenizer's ``lang`` for this text.
 
         Raises (when ``check``):
           EmptyTextError: ``text`` is empty or whitespace.
           UnpronounceableTextError: nothing but punctuation/symbols and pieces the model does not know.
           TextTooLongError: more than ``max_tokens`` ids.
         """
-        return self.pieces_to_ids(self.tokenize(text, check=check))
+        return self.pieces_to_ids(self.tokenize(text, check=check, lang=lang))
 
     def unknown_pieces(self, text: str) -> list[str]:
         """The pieces of ``text`` that the model does not know (they encode to ``unk_id``)."""
