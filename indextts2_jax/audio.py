@@ -1,20 +1,18 @@
 """Audio loading, validation and the three feature front-ends of IndexTTS2.
 
-What the official inference does with a speaker prompt (spec section 4) and where it lives here:
+What the official inference does with a prompt (spec section 4) and where it lives here:
 
-====================================  =====================================  =======================
-official step                         here                                   output
-====================================  =====================================  =======================
-``librosa.load(path)`` (22.05 kHz,    :func:`load_audio` (``sample_rate``    (N,) float32
-soxr_hq, mono mix), cut to 15 s       22050, ``truncate_seconds=15``)
-torchaudio ``Resample(22050, 16000)`` :func:`resample_22k_to_16k` /           (..., N16) float32
-                                      :func:`resample_sinc` (NumPy)
-``s2mel/modules/audio.mel_spectrogram`` :func:`mel_spectrogram` (JAX)        (B, T, 80) log-mel
-``kaldi.fbank`` minus time mean       :func:`kaldi_fbank`,                   (B, T, 80)
-                                      :func:`campplus_features` (JAX)
-``SeamlessM4TFeatureExtractor``       :func:`w2v_bert_features` (NumPy),     (B, T2, 160) + mask
-                                      :func:`w2v_bert_features_jax`
-====================================  =====================================  =======================
+- ``librosa.load(path)`` (22.05 kHz, soxr_hq, channel mean), cut to 15 s: :func:`load_audio`
+  (``sample_rate=22050, truncate_seconds=15``); both prompt paths at once: :func:`load_speaker_prompt`
+  (22.05 kHz and 16 kHz) and :func:`load_emotion_prompt` (``librosa.load(path, sr=16000)``).
+- torchaudio ``Resample(22050, 16000)``: :func:`resample_22k_to_16k` / :func:`resample_sinc` (NumPy),
+  :func:`resample_sinc_jax`.
+- ``s2mel/modules/audio.mel_spectrogram`` (S2M target and BigVGAN input): :func:`mel_spectrogram`
+  (JAX) -> ``(B, T, 80)`` log-mel.
+- ``torchaudio.compliance.kaldi.fbank`` minus its time mean (CAMPPlus input): :func:`kaldi_fbank`,
+  :func:`campplus_features` (JAX) -> ``(B, T, 80)``.
+- HF ``SeamlessM4TFeatureExtractor`` (w2v-BERT input): :func:`w2v_bert_features` (NumPy, exact),
+  :func:`w2v_bert_features_jax` -> ``(B, T2, 160)`` + attention mask.
 
 Layouts: every JAX front-end returns channels-last ``(B, T, C)``; the official mel is ``(B, 80, T)``
 and the official fbank ``(T, 80)`` (transpose/squeeze when comparing).
@@ -59,13 +57,13 @@ __all__ = [
     "kaldi_fbank",
     "kaldi_mel_banks",
     "load_audio",
+    "load_emotion_prompt",
+    "load_speaker_prompt",
     "mel_basis",
     "mel_spectrogram",
     "resample_22k_to_16k",
     "resample_sinc",
     "resample_sinc_jax",
-    "load_emotion_prompt",
-    "load_speaker_prompt",
     "sinc_resample_kernel",
     "validate_waveform",
     "w2v_bert_features",
