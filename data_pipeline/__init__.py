@@ -1,1 +1,1 @@
-"""Data preparation: the deterministic espeak-ng demo corpus (demo_corpus) and its espeak-ng binding (espeak)."""
+"""Data preparation: corpus importers, manifests, the espeak-ng demo corpus, preprocessing and shards."""

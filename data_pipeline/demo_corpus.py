@@ -261,6 +261,8 @@ def build_demo_corpus(
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(num_workers) as pool:
             results = [r for rs in pool.imap_unordered(_make_batch, jobs) for r in rs]
+            pool.close()  # let the workers exit normally so they remove their private espeak-ng files
+            pool.join()
     for index, n, _ in results:
         num_samples[index] = n
 
