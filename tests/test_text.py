@@ -525,6 +525,11 @@ def test_text_too_long_error(bpe_path):
     message = str(info.value)
     assert "The quick brown fox" in message and "…" in message and len(message) < 200  # quoted, truncated
     assert info.value.text == long_text
+    # segmentation is how long texts are handled: no length error there
+    segments = limited.segment(long_text, max_tokens=8)
+    assert len(segments) > 1 and all(len(s) <= 8 for s in segments)
+    with pytest.raises(EmptyTextError):
+        limited.segment("  ")
 
 
 def test_check_can_be_disabled(tok):

@@ -142,6 +142,10 @@ def split_segments(
 
 
 def segment_text(tokenizer, text: str, max_tokens: int = 120, **kwargs) -> list[list[int]]:
-    """Encode ``text`` with ``tokenizer`` (a :class:`TextTokenizer`) and split it: segments of ids."""
-    pieces = tokenizer.tokenize(text)
+    """Encode ``text`` with ``tokenizer`` (a :class:`TextTokenizer`) and split it: segments of ids.
+
+    The tokenizer's ``max_tokens`` limit does not apply here (long texts are what segmentation is for);
+    empty or unpronounceable text still raises.
+    """
+    pieces = tokenizer.tokenize(text, check_length=False)
     return [tokenizer.pieces_to_ids(s) for s in split_segments(pieces, max_tokens=max_tokens, **kwargs)]

@@ -121,18 +121,21 @@ class TextTokenizer:
         """The string SentencePiece sees: normalized, CJK split, upper-cased (``lang`` overrides ``self.lang``)."""
         return preprocess_text(text, normalize=self.normalize, lang=lang or self.lang)
 
-    def tokenize(self, text: str, *, check: bool = True, lang: str | None = None) -> list[str]:
+    def tokenize(
+        self, text: str, *, check: bool = True, lang: str | None = None, check_length: bool = True
+    ) -> list[str]:
         """Text -> SentencePiece pieces (unknown characters keep their surface form).
 
         With ``check`` (default) raises ``EmptyTextError`` / ``UnpronounceableTextError`` /
-        ``TextTooLongError`` as described in :meth:`encode`.
+        ``TextTooLongError`` as described in :meth:`encode` (the last only with ``check_length``;
+        segmentation turns it off, since splitting is how long texts are handled).
         """
         if check and (not text or not text.strip()):
             raise EmptyTextError(f"text is empty or only whitespace: {quote_text(text or '')}", text=text)
         prepared = self.preprocess(text, lang) if text else ""
         pieces = self.sp.encode(prepared, out_type=str) if prepared else []
         if check:
-            self._check(text, pieces, self.pieces_to_ids(pieces))
+            self._check(text, pieces, self.pieces_to_ids(pieces), check_length)
         return pieces
 
     def encode(self, text: str, *, check: bool = True, lang: str | None = None) -> list[int]:
@@ -155,7 +158,7 @@ class TextTokenizer:
     def encode_batch(self, texts: Iterable[str], *, check: bool = True) -> list[list[int]]:
         return [self.encode(t, check=check) for t in texts]
 
-    def _check(self, text: str, pieces: list[str], ids: list[int]) -> None:
+    def _check(self, text: str, pieces: list[str], ids: list[int], check_length: bool = True) -> None:
         unk = self.unk_id
         if not any(i != unk and not _is_punctuation_piece(p) for p, i in zip(pieces, ids)):
             raise UnpronounceableTextError(
@@ -163,7 +166,7 @@ class TextTokenizer:
                 f"tokenizer): {quote_text(text)}",
                 text=text,
             )
-        if self.max_tokens is not None and len(ids) > self.max_tokens:
+        if check_length and self.max_tokens is not None and len(ids) > self.max_tokens:
             raise TextTooLongError(
                 f"text is {len(ids)} tokens long, more than the maximum of {self.max_tokens}: {quote_text(text)}",
                 text=text,
