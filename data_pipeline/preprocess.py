@@ -1,0 +1,563 @@
+"""Manifest -> validated, featurized ArrayRecord shards (per split) plus ``report.json``.
+
+    python -m data_pipeline.preprocess --config configs/demo.py:stage=gpt --manifest M --out DIR \
+        [--features mel,mel_stacked,text_ids] [--bpe_model bpe.model] [--num_workers N] \
+        [--process_index i --process_count n] [--num_shards K] [--valid_fraction 0.02]
+
+What happens:
+
+1. The manifest is read and split (train/valid/test, hash-stable, see
+   :func:`data_pipeline.manifest.split_of`); each split's utterances (sorted by id) are dealt
+   round-robin into ``K`` shards named ``<split>-00000-of-0000K.array_record``.
+2. Host ``i`` of ``n`` takes the shards whose index is ``i`` mod ``n``. Shards that already have a
+   ``.done`` file are kept and skipped, so an interrupted run is restarted by running it again.
+3. Each utterance is validated: missing / undecodable / empty / silent / too short / too long /
+   non-finite / clipped audio, channel layout, and text (empty, too many tokens). Bad ones are
+   skipped and listed with their reason; they are never fatal.
+4. The audio is resampled to 22.05 kHz and the selected features (:data:`FEATURES`) computed in
+   ``num_workers`` processes (spawned, ``OMP_NUM_THREADS=1``, JAX on CPU, one XLA thread each).
+5. Each finished shard gets a ``.done`` file with its per-example index and skipped files; the
+   merged ``report.json`` (counts, hours, each skipped file with its reason) is rewritten after
+   every shard, so it is complete once every host has finished.
+
+Every record holds ``id, speaker, speaker_index, text, language, duration, emotion, sample_rate,
+num_samples`` plus the outputs of the selected features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_pipeline import shards as shard_io
+from data_pipeline.manifest import SPLITS, Utterance, read_manifest, speakers_of, split_of
+from indextts2_jax.errors import AudioError
+
+__all__ = [
+    "Feature",
+    "FEATURES",
+    "DEFAULT_FEATURES",
+    "ClippedAudioError",
+    "PreprocessOptions",
+    "FeatureExtractor",
+    "plan_shards",
+    "preprocess",
+    "write_report",
+    "load_config",
+    "main",
+]
+
+SAMPLE_RATE = 22050  # the canonical rate of the stored waveform and the S2M/BigVGAN mel
+
+
+class ClippedAudioError(AudioError):
+    """More than the allowed fraction of samples sit flat at full scale (hard clipping)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature registry
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One feature extractor of the registry.
+
+    Attributes:
+        name: the ``--features`` name.
+        outputs: the record keys it writes, each with its layout (for documentation and checks).
+        compute: ``fn(ctx) -> {key: array}``; None for not-yet-implemented entries.
+        todo: why the feature is not available yet (raised as NotImplementedError when selected).
+        lengths: record keys whose first-axis length goes into the shard index (for bucketing).
+    """
+
+    name: str
+    outputs: Mapping[str, str]
+    compute: Callable[[_Context], dict[str, Any]] | None = None
+    todo: str = ""
+    lengths: tuple[str, ...] = ()
+
+
+class _Context:
+    """Per-utterance inputs shared by the feature functions (derived waveforms cached)."""
+
+    def __init__(self, utt: Utterance, wave_22k: np.ndarray, options: PreprocessOptions, tokenizer):
+        self.utt = utt
+        self.wave_22k = wave_22k
+        self.options = options
+        self.tokenizer = tokenizer
+        self._cache: dict[str, Any] = {}
+
+    def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    @property
+    def wave_16k(self) -> np.ndarray:
+        from indextts2_jax.audio import resample_22k_to_16k
+
+        return self.cached("wave_16k", lambda: resample_22k_to_16k(self.wave_22k))
+
+    @property
+    def mel(self) -> np.ndarray:
+        return self.cached("mel", lambda: _log_mel(self.wave_22k, self.options.mel_config))
+
+
+def _padded_length(n: int, quantum: int) -> int:
+    return max(quantum, -(-n // quantum) * quantum)
+
+
+def _log_mel(wave: np.ndarray, mel_config: Mapping[str, Any] | None) -> np.ndarray:
+    """S2M log-mel ``(N // hop, 80)`` float32, exactly :func:`indextts2_jax.audio.mel_spectrogram`.
+
+    To bound recompilation the jitted function sees the waveform padded to a multiple of 32768
+    samples: the true signal is reflect-extended by ``(n_fft - hop) / 2`` samples (what the mel
+    front-end's own padding would add), then zero-padded; the frames that read only the true
+    signal and its reflection are kept, so the result equals the unpadded computation.
+    """
+    from indextts2_jax.audio import MelConfig, mel_spectrogram
+
+    cfg = MelConfig.from_official(mel_config) if mel_config else MelConfig()
+    if cfg.center:
+        return np.asarray(mel_spectrogram(wave[None], cfg)[0])
+    n = wave.shape[-1]
+    pad = (cfg.n_fft - cfg.hop_size) // 2
+    frames = (n + 2 * pad - cfg.n_fft) // cfg.hop_size + 1
+    ext = np.pad(wave, (0, pad), mode="reflect") if n > pad else np.pad(wave, (0, pad))
+    padded = np.zeros(_padded_length(ext.shape[0], 32768), np.float32)
+    padded[: ext.shape[0]] = ext
+    mel = np.asarray(mel_spectrogram(padded[None], cfg)[0])
+    return np.ascontiguousarray(mel[:frames])
+
+
+def _resample(wave: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """``librosa.resample(wave, orig_sr, new_sr, res_type="soxr_hq")`` without importing librosa (slow to import)."""
+    if orig_sr == new_sr:
+        return np.ascontiguousarray(wave, np.float32)
+    import soxr
+
+    n = int(np.ceil(wave.shape[0] * float(new_sr) / orig_sr))
+    out = soxr.resample(wave, orig_sr, new_sr, quality="soxr_hq")
+    out = out[:n] if out.shape[0] >= n else np.pad(out, (0, n - out.shape[0]))
+    return np.ascontiguousarray(out, np.float32)
+
+
+def _feature_text_ids(ctx: _Context) -> dict[str, Any]:
+    if ctx.tokenizer is None:
+        raise RuntimeError("text_ids needs a BPE model (--bpe_model)")
+    return {"text_ids": np.asarray(ctx.tokenizer.encode(ctx.utt.text), np.int32)}
+
+
+def _feature_mel(ctx: _Context) -> dict[str, Any]:
+    return {"mel": ctx.mel}
+
+
+def _feature_mel_stacked(ctx: _Context) -> dict[str, Any]:
+    mel = ctx.mel
+    t = mel.shape[0] // 2
+    return {"mel_stacked": np.ascontiguousarray(mel[: 2 * t].reshape(t, 2 * mel.shape[1]))}
+
+
+def _feature_wave(ctx: _Context) -> dict[str, Any]:
+    return {"wave": np.round(np.clip(ctx.wave_22k, -1.0, 32767 / 32768) * 32768).astype(np.int16)}
+
+
+def _feature_w2v_bert_fbank(ctx: _Context) -> dict[str, Any]:
+    from indextts2_jax.audio import w2v_bert_features
+
+    feats, mask = w2v_bert_features([ctx.wave_16k])
+    return {"w2v_bert_fbank": np.ascontiguousarray(feats[0, : int(mask[0].sum())])}
+
+
+def _feature_campplus_fbank(ctx: _Context) -> dict[str, Any]:
+    from indextts2_jax.audio import campplus_features
+
+    return {"campplus_fbank": np.asarray(campplus_features(ctx.wave_16k[None])[0])}
+
+
+def _model_todo(what: str) -> str:
+    return (f"{what} needs the frozen model and its converted weights (indextts2_jax/models/); "
+            "the extractor is not wired into preprocessing yet. Select the demo stand-ins "
+            "(mel_stacked) or compute this feature at train time.")
+
+
+FEATURES: dict[str, Feature] = {f.name: f for f in [
+    Feature("text_ids", {"text_ids": "(L,) int32 BPE ids of the normalized text (no start/stop ids)"},
+            _feature_text_ids, lengths=("text_ids",)),
+    Feature("mel", {"mel": "(T, 80) float32 S2M/BigVGAN log-mel at 22.05 kHz, hop 256 (T = N // 256)"},
+            _feature_mel, lengths=("mel",)),
+    Feature("mel_stacked", {"mel_stacked": "(T // 2, 160) float32 consecutive mel frame pairs (~43 Hz), "
+                                           "the demo's stand-in for 160-d w2v-BERT inputs/semantic features"},
+            _feature_mel_stacked, lengths=("mel_stacked",)),
+    Feature("wave", {"wave": "(N,) int16 waveform at 22.05 kHz (vocoder stage)"}, _feature_wave, lengths=("wave",)),
+    Feature("w2v_bert_fbank", {"w2v_bert_fbank": "(T2, 160) float32 SeamlessM4T input features at 16 kHz "
+                                                 "(input of w2v-BERT, ~50 Hz / 2)"},
+            _feature_w2v_bert_fbank, lengths=("w2v_bert_fbank",)),
+    Feature("campplus_fbank", {"campplus_fbank": "(T, 80) float32 mean-removed Kaldi fbank at 16 kHz"},
+            _feature_campplus_fbank, lengths=("campplus_fbank",)),
+    # TODO(models): wire these to the frozen extractors once their modules and weights are available.
+    Feature("w2v_bert", {"semantic_features": "(T2, 1024) float32 w2v-BERT hidden state 17, mean/std normalized"},
+            todo=_model_todo("w2v-BERT semantic features")),
+    Feature("semantic_codes", {"semantic_codes": "(T2,) int32 MaskGCT semantic codec codes of w2v_bert"},
+            todo=_model_todo("Semantic codec codes")),
+    Feature("campplus", {"speaker_embedding": "(192,) float32 CAMPPlus speaker embedding"},
+            todo=_model_todo("CAMPPlus speaker embeddings")),
+]}
+
+DEFAULT_FEATURES = {
+    "gpt": ("mel_stacked",),
+    "codec": ("mel_stacked",),
+    "s2mel": ("mel", "mel_stacked"),
+    "vocoder": ("mel", "wave"),
+}
+
+
+def check_features(names: Sequence[str]) -> tuple[str, ...]:
+    """Validate feature names against the registry; raise NotImplementedError for TODO entries."""
+    out = []
+    for name in names:
+        if name not in FEATURES:
+            raise ValueError(f"unknown feature {name!r}; known features: {sorted(FEATURES)}")
+        f = FEATURES[name]
+        if f.compute is None:
+            raise NotImplementedError(f"feature {name!r} is not implemented yet: {f.todo}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-utterance processing (runs in worker processes)
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+    """Everything a worker needs; plain values so that it pickles to spawned processes."""
+
+    features: tuple[str, ...] = ("mel_stacked",)
+    min_audio_seconds: float = 0.5
+    max_audio_seconds: float = 20.0
+    max_text_tokens: int = 600
+    silence_threshold: float = 1e-3
+    clip_fraction: float = 1e-3
+    mono: str = "mix"
+    bpe_model: str = ""
+    mel_config: Mapping[str, Any] | None = None
+    speakers: tuple[str, ...] = ()
+
+
+class FeatureExtractor:
+    """Validates one utterance and computes its record (used in each worker process)."""
+
+    def __init__(self, options: PreprocessOptions):
+        self.options = options
+        self.features = check_features(options.features)
+        self.speaker_index = {s: i for i, s in enumerate(options.speakers)}
+        self.tokenizer = None
+        if options.bpe_model:
+            from indextts2_jax.text.tokenizer import TextTokenizer
+
+            self.tokenizer = TextTokenizer(options.bpe_model, max_tokens=options.max_text_tokens)
+        elif "text_ids" in self.features:
+            raise ValueError("feature 'text_ids' needs --bpe_model (a SentencePiece model)")
+
+    def load(self, utt: Utterance) -> np.ndarray:
+        """Decode, validate and resample to 22.05 kHz: float32 ``(N,)``. Raises AudioError subclasses."""
+        from indextts2_jax.audio import audio_info, load_audio
+
+        o = self.options
+        wave = load_audio(utt.audio_path, None, min_seconds=o.min_audio_seconds, max_seconds=o.max_audio_seconds,
+                          mono=o.mono, silence_threshold=o.silence_threshold)
+        flat = (np.abs(wave[1:]) >= 0.999) & (wave[1:] == wave[:-1])
+        if wave.size > 1 and flat.mean() > o.clip_fraction:
+            raise ClippedAudioError(
+                f"{utt.audio_path}: audio is clipped ({100 * flat.mean():.2f}% of samples flat at full scale > "
+                f"{100 * o.clip_fraction:.2f}%)", path=utt.audio_path)
+        sr = audio_info(utt.audio_path).sample_rate
+        return _resample(wave, sr, SAMPLE_RATE)
+
+    def __call__(self, utt: Utterance) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """``(record, None)`` for a good utterance, ``(None, skip_entry)`` for a bad one."""
+        from indextts2_jax.errors import EmptyTextError, InputError
+
+        try:
+            if not utt.text.strip():
+                raise EmptyTextError(f"{utt.id}: transcript is empty", text=utt.text)
+            wave = self.load(utt)
+            ctx = _Context(utt, wave, self.options, self.tokenizer)
+            record: dict[str, Any] = {
+                "id": utt.id, "speaker": utt.speaker, "speaker_index": self.speaker_index.get(utt.speaker, -1),
+                "text": utt.text, "language": utt.language, "emotion": utt.emotion,
+                "duration": wave.shape[0] / SAMPLE_RATE, "sample_rate": SAMPLE_RATE, "num_samples": int(wave.shape[0]),
+            }
+            for name in self.features:
+                record.update(FEATURES[name].compute(ctx))
+            return record, None
+        except InputError as e:
+            return None, {"id": utt.id, "audio_path": utt.audio_path, "reason": type(e).__name__, "message": str(e)}
+
+    @staticmethod
+    def index_entry(record: Mapping[str, Any]) -> dict[str, Any]:
+        """What the shard's ``.done`` index keeps of a record (no arrays)."""
+        lengths = {}
+        for f in FEATURES.values():
+            for key in f.lengths:
+                if key in record:
+                    lengths[key] = int(np.shape(record[key])[0])
+        return {"id": record["id"], "speaker": record["speaker"], "speaker_index": record["speaker_index"],
+                "duration": round(float(record["duration"]), 4), "text_chars": len(record["text"]),
+                "lengths": lengths}
+
+
+_WORKER: FeatureExtractor | None = None
+
+
+def _worker_init(options: PreprocessOptions) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "intra_op_parallelism_threads" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    global _WORKER
+    _WORKER = FeatureExtractor(options)
+
+
+def _worker_process(task: tuple[int, Utterance]):
+    shard_pos, utt = task
+    return shard_pos, _WORKER(utt)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning, writing, reporting
+# ----------------------------------------------------------------------------------------------
+def plan_shards(utterances: Sequence[Utterance], *, num_shards: int | None = None, process_count: int = 1,
+                examples_per_shard: int = 1000, valid_fraction: float = 0.02, test_fraction: float = 0.0,
+                split_by: str = "utterance") -> dict[str, list[list[Utterance]]]:
+    """``{split: [shard_0_utterances, ...]}``: a pure function of the manifest and the arguments.
+
+    Each non-empty split is sorted by id and dealt round-robin into ``num_shards`` shards (default
+    ``max(process_count, ceil(n / examples_per_shard))``, at most ``n``).
+    """
+    by_split: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
+    for u in utterances:
+        by_split[split_of(u, valid_fraction=valid_fraction, test_fraction=test_fraction, by=split_by)].append(u)
+    plan = {}
+    for split, utts in by_split.items():
+        if not utts:
+            continue
+        utts = sorted(utts, key=lambda u: u.id)
+        k = num_shards or max(process_count, math.ceil(len(utts) / examples_per_shard))
+        k = max(1, min(k, len(utts)))
+        plan[split] = [utts[i::k] for i in range(k)]
+    return plan
+
+
+def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Merge ``dataset.json`` and every finished shard's ``.done`` into ``report.json``; return it."""
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / "dataset.json").read_text())
+    report: dict[str, Any] = {"complete": True, "features": meta["features"], "splits": {}, "skipped": [],
+                              "skipped_by_reason": {}, "num_speakers": len(meta["speakers"])}
+    total = {"examples": 0, "seconds": 0.0, "skipped": 0, "input_utterances": 0}
+    for split, count in meta["shards"].items():
+        s = {"num_shards": count, "finished_shards": 0, "examples": 0, "seconds": 0.0, "skipped": 0,
+             "input_utterances": meta["utterances"][split]}
+        for i in range(count):
+            path = out_dir / shard_io.shard_name(split, i, count)
+            if not shard_io.shard_done(path):
+                continue
+            info = shard_io.read_done(path)
+            s["finished_shards"] += 1
+            s["examples"] += info["num_records"]
+            s["seconds"] += sum(e["duration"] for e in info["examples"])
+            s["skipped"] += len(info["skipped"])
+            for sk in info["skipped"]:
+                report["skipped"].append({**sk, "split": split, "shard": path.name})
+                report["skipped_by_reason"][sk["reason"]] = report["skipped_by_reason"].get(sk["reason"], 0) + 1
+        s["hours"] = round(s["seconds"] / 3600, 4)
+        s["complete"] = s["finished_shards"] == count
+        report["complete"] &= s["complete"]
+        report["splits"][split] = s
+        for k in total:
+            total[k] += s[k]
+    total["hours"] = round(total["seconds"] / 3600, 4)
+    report["total"] = total
+    tmp = out_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    os.replace(tmp, out_dir / "report.json")
+    return report
+
+
+def preprocess(utterances: Sequence[Utterance], out_dir: str | os.PathLike, options: PreprocessOptions, *,
+               num_workers: int = 0, process_index: int = 0, process_count: int = 1, num_shards: int | None = None,
+               examples_per_shard: int = 1000, valid_fraction: float = 0.02, test_fraction: float = 0.0,
+               split_by: str = "utterance", progress: bool = True) -> dict[str, Any]:
+    """Write this host's shards (skipping finished ones) and the merged report; return the report."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} out of range for process_count {process_count}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_features(options.features)
+    speakers = tuple(speakers_of(utterances))
+    options = dataclasses.replace(options, speakers=speakers)
+    plan = plan_shards(utterances, num_shards=num_shards, process_count=process_count,
+                       examples_per_shard=examples_per_shard, valid_fraction=valid_fraction,
+                       test_fraction=test_fraction, split_by=split_by)
+    meta = {"features": list(options.features), "speakers": list(speakers),
+            "shards": {s: len(v) for s, v in plan.items()},
+            "utterances": {s: sum(len(x) for x in v) for s, v in plan.items()},
+            "outputs": {k: v for f in options.features for k, v in FEATURES[f].outputs.items()},
+            "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "speakers"},
+            "split": {"valid_fraction": valid_fraction, "test_fraction": test_fraction, "by": split_by}}
+    meta_path = out_dir / "dataset.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        for key in ("features", "shards", "speakers"):
+            if old.get(key) != meta[key]:
+                raise ValueError(f"{meta_path}: existing output was made with other {key} ({old.get(key)} vs "
+                                 f"{meta[key]}); use a fresh --out folder")
+    else:
+        tmp = meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        os.replace(tmp, meta_path)
+
+    todo: list[tuple[str, list[Utterance]]] = []
+    for split, shard_lists in plan.items():
+        for i, utts in enumerate(shard_lists):
+            if i % process_count != process_index:
+                continue
+            path = out_dir / shard_io.shard_name(split, i, len(shard_lists))
+            if shard_io.shard_done(path):
+                continue
+            todo.append((str(path), utts))
+
+    tasks = [(pos, u) for pos, (_, utts) in enumerate(todo) for u in utts]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc=f"preprocess host {process_index}/{process_count}", unit="utt",
+                   file=sys.stderr)
+    if num_workers > 0 and tasks:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(num_workers, initializer=_worker_init, initargs=(options,))
+        results = pool.imap(_worker_process, tasks, chunksize=4)
+    else:
+        pool = None
+        extractor = FeatureExtractor(options)
+        results = ((pos, extractor(u)) for pos, u in tasks)
+    try:
+        it = iter(results)
+        for pos, (path, utts) in enumerate(todo):
+            index, skipped = [], []
+            with shard_io.ShardWriter(path) as writer:
+                for _ in utts:
+                    got_pos, (record, skip) = next(it)
+                    assert got_pos == pos
+                    if record is None:
+                        skipped.append(skip)
+                    else:
+                        writer.write(record)
+                        index.append(FeatureExtractor.index_entry(record))
+                    if bar is not None:
+                        bar.update(1)
+            shard_io.write_done(path, {"num_records": len(index), "examples": index, "skipped": skipped,
+                                       "finished_at": time.time()})
+            write_report(out_dir)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    return write_report(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def load_config(spec: str):
+    """``"configs/demo.py:stage=gpt"`` -> ``get_config("stage=gpt")`` of that file."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise FileNotFoundError(f"cannot load config file {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def options_from_config(config, features: Sequence[str] | None = None, bpe_model: str = "") -> PreprocessOptions:
+    """Preprocessing options from a training config (``config.data`` limits, the S2M mel settings)."""
+    stage = getattr(config, "stage", "gpt")
+    if features is None:
+        features = DEFAULT_FEATURES.get(stage, ("mel_stacked",))
+        if bpe_model:
+            features = ("text_ids",) + tuple(features)
+    mel = None
+    try:
+        mel = dict(config.model.s2mel.preprocess_params)
+        mel["spect_params"] = dict(mel["spect_params"])
+    except (AttributeError, KeyError):
+        mel = None
+    d = config.data
+    return PreprocessOptions(features=tuple(features), min_audio_seconds=float(d.min_audio_seconds),
+                             max_audio_seconds=float(d.max_audio_seconds), max_text_tokens=int(d.max_text_tokens),
+                             bpe_model=bpe_model, mel_config=mel)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="config file with args, e.g. configs/demo.py:stage=gpt")
+    p.add_argument("--manifest", default="", help="JSONL manifest (default: config.data.manifest)")
+    p.add_argument("--out", default="", help="output folder (default: config.data.shards)")
+    p.add_argument("--features", default="", help=f"comma-separated, from {sorted(FEATURES)} "
+                                                   "(default: per stage, plus text_ids with --bpe_model)")
+    p.add_argument("--bpe_model", default="", help="SentencePiece model for text_ids")
+    p.add_argument("--num_workers", type=int, default=-1, help="processes (default: config.data.num_workers)")
+    p.add_argument("--process_index", type=int, default=0)
+    p.add_argument("--process_count", type=int, default=1)
+    p.add_argument("--num_shards", type=int, default=0, help="shards per split (default: from examples_per_shard)")
+    p.add_argument("--examples_per_shard", type=int, default=1000)
+    p.add_argument("--valid_fraction", type=float, default=0.02)
+    p.add_argument("--test_fraction", type=float, default=0.0)
+    p.add_argument("--split_by", choices=("utterance", "speaker"), default="utterance")
+    p.add_argument("--silence_threshold", type=float, default=1e-3)
+    p.add_argument("--clip_fraction", type=float, default=1e-3)
+    p.add_argument("--mono", choices=("mix", "error"), default="mix", help="'error' rejects multi-channel audio")
+    p.add_argument("--no_progress", action="store_true")
+    a = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    config = load_config(a.config)
+    manifest = a.manifest or config.data.manifest
+    out = a.out or config.data.shards
+    if not manifest or not out:
+        p.error("--manifest and --out are required (or set config.data.manifest / config.data.shards)")
+    features = [f.strip() for f in a.features.split(",") if f.strip()] or None
+    options = options_from_config(config, features, a.bpe_model)
+    options = dataclasses.replace(options, silence_threshold=a.silence_threshold, clip_fraction=a.clip_fraction,
+                                  mono=a.mono)
+    num_workers = a.num_workers if a.num_workers >= 0 else int(config.data.num_workers)
+    report = preprocess(read_manifest(manifest), out, options, num_workers=num_workers,
+                        process_index=a.process_index, process_count=a.process_count, num_shards=a.num_shards or None,
+                        examples_per_shard=a.examples_per_shard, valid_fraction=a.valid_fraction,
+                        test_fraction=a.test_fraction, split_by=a.split_by, progress=not a.no_progress)
+    t = report["total"]
+    print(f"{out}: {t['examples']} examples ({t['hours']:.3f} h) written, {t['skipped']} skipped "
+          f"{report['skipped_by_reason']}; complete={report['complete']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
