@@ -221,6 +221,8 @@ def build_demo_corpus(
 
     num_workers: processes used for synthesis (spawned; each loads its own espeak-ng). None picks
         1 for small corpora (< 200 utterances) and min(cpu count, 8) otherwise. The output does not depend on it.
+        With more than one worker, a script calling this must guard its entry point with
+        ``if __name__ == "__main__":`` (multiprocessing "spawn" re-imports the main module).
     """
     if num_utterances < 1:
         raise ValueError(f"num_utterances must be >= 1, got {num_utterances}")

@@ -8,11 +8,13 @@ Global state and safety:
   statics carry over from one utterance to the next and are NOT reset by espeak_Terminate/espeak_Initialize,
   so the same text gives slightly different samples depending on what was synthesized before.
   To make ``synthesize`` a pure function of its arguments, by default (``fresh=True``) every call loads a
-  private copy of the library (copied once per process to a temporary file, so other users of
-  libespeak-ng in the process are not affected), initializes it, synthesizes, and unloads it again
-  (dlclose), so each utterance starts from the library's pristine initial state. This costs about 1 ms plus
-  the voice load (~3 ms for English). ``fresh=False`` keeps the library loaded between calls (faster, but
-  the output then depends on the history).
+  private copy of the library, initializes it, synthesizes, and unloads it again (dlclose; checked with
+  RTLD_NOLOAD), so each utterance starts from the library's pristine initial state. The copy lives in a
+  per-process temporary folder (removed at exit) so other users of libespeak-ng in the process are not
+  affected; next to it is a symlinked view of the data with lower-case voice aliases (see
+  ``_Engine._private_files``) that makes loading a voice cheap. A fresh call costs about 1 ms on top of the
+  synthesis itself (~1 ms per second of speech). ``fresh=False`` keeps the library loaded between calls
+  (slightly faster, but the output then depends on the history).
   All calls into espeak-ng are serialized by one module-level lock (``_LOCK``): threads in one process
   synthesize one at a time. For parallelism use separate processes; each one loads its own copy lazily.
 """
