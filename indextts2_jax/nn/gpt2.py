@@ -1,0 +1,123 @@
+"""GPT-2 blocks (HF ``GPT2Model`` numerics) with an optional preallocated KV cache (reference §5.5).
+
+Pre-LN blocks: ``x += c_proj(attn(ln_1 x)); x += c_proj(gelu_new(c_fc(ln_2 x)))``, then ``ln_f``.
+LayerNorm eps 1e-5, attention scale 1/sqrt(head_dim), ``gelu_new`` = tanh-approximate GELU.
+There are no token or position tables here (UnifiedVoice removes ``wte`` and zeroes ``wpe``): the
+caller passes input embeddings.
+
+Attention masks are boolean, broadcastable to (B, 1, S, K) with True = may attend; K = S without a
+cache, K = the cache length with one. Masked scores get ``finfo(float32).min`` (as HF), so a query
+row with every key masked (a left-padding row) softmaxes to a uniform row instead of NaN.
+
+KV cache: a list (one entry per layer) of ``{"k": (B, T_max, H, hd), "v": (B, T_max, H, hd)}``; a
+call with ``cache_index`` writes its S new keys/values at ``[cache_index, cache_index + S)`` and
+attends over the whole buffer (the mask hides unwritten slots).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from indextts2_jax.nn.conformer import dense, layer_norm
+
+
+def init_kv_cache(batch: int, length: int, layers: int, heads: int, head_dim: int, dtype=jnp.float32) -> list[dict]:
+    """Zeroed KV cache: ``layers`` x {"k", "v"} of shape (batch, length, heads, head_dim)."""
+    shape = (batch, length, heads, head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(layers)]
+
+
+def causal_mask(length: int) -> jax.Array:
+    """(1, 1, S, S) lower-triangular boolean mask."""
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+class GPT2Attention(nn.Module):
+    """Multi-head causal self-attention with HF ``Conv1D`` projections (``c_attn``, ``c_proj``)."""
+
+    model_dim: int
+    heads: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None):
+        """x (B, S, D), mask (B|1, 1, S, K) bool -> ((B, S, D), new cache or None)."""
+        b, s, d = x.shape
+        hd = d // self.heads
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv = dense(3 * d, ("embed", "mlp"), name="c_attn", **kw)(x)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        q = q.reshape(b, s, self.heads, hd)
+        k = k.reshape(b, s, self.heads, hd)
+        v = v.reshape(b, s, self.heads, hd)
+        new_cache = None
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v = lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            new_cache = {"k": k, "v": v}
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(self.dtype)).reshape(b, s, d)
+        return dense(d, ("mlp", "embed"), name="c_proj", **kw)(out), new_cache
+
+
+class GPT2MLP(nn.Module):
+    model_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = dense(4 * self.model_dim, ("embed", "mlp"), name="c_fc", **kw)(x)
+        h = jax.nn.gelu(h, approximate=True)  # gelu_new
+        return dense(self.model_dim, ("mlp", "embed"), name="c_proj", **kw)(h)
+
+
+class GPT2Block(nn.Module):
+    model_dim: int
+    heads: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = layer_norm("ln_1", param_dtype=self.param_dtype)(x).astype(self.dtype)
+        h, new_cache = GPT2Attention(self.model_dim, self.heads, name="attn", **kw)(h, mask, cache, cache_index)
+        x = x + h
+        h = layer_norm("ln_2", param_dtype=self.param_dtype)(x).astype(self.dtype)
+        x = x + GPT2MLP(self.model_dim, name="mlp", **kw)(h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), new_cache
+
+
+class GPT2Transformer(nn.Module):
+    """``layers`` GPT-2 blocks (``h_0`` ...) and ``ln_f``; input embeddings in, hidden states out."""
+
+    model_dim: int
+    layers: int
+    heads: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, caches: list[dict] | None = None, cache_index=None):
+        """x (B, S, D), mask (B|1, 1, S, K) -> (ln_f(h) (B, S, D), new caches or None)."""
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x.astype(self.dtype)
+        new_caches = [] if caches is not None else None
+        for i in range(self.layers):
+            cache = caches[i] if caches is not None else None
+            x, c = GPT2Block(self.model_dim, self.heads, name=f"h_{i}", **kw)(x, mask, cache, cache_index)
+            if caches is not None:
+                new_caches.append(c)
+        x = layer_norm("ln_f", param_dtype=self.param_dtype)(x).astype(self.dtype)
+        return x, new_caches
