@@ -305,6 +305,7 @@ def kmeans(key, features, num_codes: int, num_iters: int = 10, metric: str = "co
     return codebook, idx, code_usage(idx, num_codes)
 
 
+@functools.partial(jax.jit, static_argnames=("codebook_size",))
 def code_usage(indices, codebook_size: int, mask=None):
     """How often each code is used: (...) int indices -> (codebook_size,) float32 counts."""
     idx = jnp.asarray(indices).reshape(-1)
@@ -312,6 +313,7 @@ def code_usage(indices, codebook_size: int, mask=None):
     return jax.ops.segment_sum(weights, idx, num_segments=codebook_size)
 
 
+@jax.jit
 def codebook_perplexity(counts):
     """``exp(entropy)`` of the code distribution; (K,) counts -> scalar in [1, K] (as RepCodec's metric)."""
     counts = jnp.asarray(counts, jnp.float32)
@@ -324,6 +326,7 @@ def usage_fraction(counts, threshold: float = 1.0):
     return jnp.mean((jnp.asarray(counts) >= threshold).astype(jnp.float32))
 
 
+@functools.partial(jax.jit, static_argnames=("metric",))
 def quantization_error(features, codebook, metric: str = "cosine"):
     """Mean squared error between (N, d) features and their nearest codes (in the metric's space:
     unit-normalised vectors for cosine, so the error is ``2 - 2 cos``)."""
