@@ -103,3 +103,30 @@ def test_official_defaults_param_count():
     assert shapes["quantizer"]["codebook"].shape == (8192, 8)
     assert shapes["encoder"]["backbone"]["embed"]["kernel"].shape == (7, 1024, 384)
     assert len([k for k in shapes["encoder"]["backbone"] if k.startswith("convnext_")]) == 12
+
+
+def test_encode_to_codes_batched_equals_one_by_one():
+    """Waveforms -> codes in padded, bucketed batches equal the unpadded one-at-a-time path
+    (extractor -> w2v-BERT layer k -> normalise -> quantize), using the fixtures' tiny models
+    (both have width 32)."""
+    from indextts2_jax import audio
+    from indextts2_jax.models import w2v_bert
+
+    w2v_case = get_case(cases("w2v_bert")[0].values[0])
+    codec_case = get_case(cases("semantic_codec")[0].values[0])
+    w2v_cfg = w2v_bert.W2VBertConfig.from_official(w2v_case.config)
+    codec_cfg = sc.SemanticCodecConfig.from_official(codec_case.config)
+    w2v_params = w2v_bert.from_torch(w2v_case.params, w2v_cfg)
+    codec_params = sc.from_torch(codec_case.params, codec_cfg)
+    stats = (w2v_case.inputs["semantic_mean"], w2v_case.inputs["semantic_var"])
+    rng = np.random.default_rng(0)
+    waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (16000, 9000, 12345)]
+
+    codes = sc.encode_to_codes(waves, w2v_params, codec_params, stats, w2v_cfg, codec_cfg, batch_size=2)
+    assert [c.shape for c in codes] == [(49,), (27,), (37,)]  # 75 fbank frames: the unpaired last one is dropped
+    for wave, got in zip(waves, codes):
+        feats, mask = audio.w2v_bert_features([wave])
+        n = int(mask.sum())
+        hidden = w2v_bert.w2v_bert_embed(w2v_params, feats, mask, *stats, w2v_cfg)[:, :n]
+        want, _ = sc.codec_quantize(codec_params, hidden, codec_cfg)
+        np.testing.assert_array_equal(got, np.asarray(want)[0])
