@@ -495,10 +495,19 @@ def _init_inputs(config: S2MelConfig):
 
 
 def init_params(config: S2MelConfig, key: jax.Array, unbox: bool = True, param_dtype=jnp.float32) -> dict:
-    """Random params ``{"length_regulator", "gpt_layer", "estimator"}``.
+    """Random params ``{"length_regulator", "gpt_layer", "estimator"}`` (jitted).
 
     ``unbox=False`` keeps the ``nn.Partitioned`` boxes (logical axis names) for sharding rules.
     """
+    return _init_params_jit(config, key, unbox, param_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init_params_jit(config, key, unbox, param_dtype):
+    return _init_params(config, key, unbox, param_dtype)
+
+
+def _init_params(config: S2MelConfig, key: jax.Array, unbox: bool = True, param_dtype=jnp.float32) -> dict:
     mods = _modules(config, param_dtype=param_dtype)
     inputs = _init_inputs(config)
     keys = jax.random.split(key, len(mods))
@@ -516,7 +525,7 @@ def init_params(config: S2MelConfig, key: jax.Array, unbox: bool = True, param_d
 
 def abstract_params(config: S2MelConfig) -> dict:
     """``jax.eval_shape`` of :func:`init_params` (ShapeDtypeStructs)."""
-    return jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+    return jax.eval_shape(lambda k: _init_params(config, k), jax.random.key(0))
 
 
 def _np_dense(sd: StateDict) -> dict:

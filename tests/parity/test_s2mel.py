@@ -15,11 +15,14 @@ Tolerances (max relative error = max|a-e| / max|e|, float32 on CPU):
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from indextts2_jax.errors import CheckpointError, ConfigError
 from indextts2_jax.models import s2mel
+from indextts2_jax.nn.dit import timestep_frequencies
 from tests.parity.cases import assert_close, cases, fixtures_root, get_case
 
 TOL = 1e-5
@@ -163,3 +166,169 @@ def test_config_rejects_unsupported_flags():
     full = s2mel.S2MelConfig()
     assert (full.dit.hidden_dim, full.dit.depth, full.dit.num_heads, full.wavenet.num_layers) == (512, 13, 8, 8)
     assert list(full.target_frames([50, 13, 100])) == [86, 22, 172]
+
+
+def test_pipeline_batched_items_match_single_runs():
+    """B=2 with per-item lengths: item 0 is the fixture (must match the official outputs), item 1 is
+    shorter everywhere (must match its own B=1 run)."""
+    case = _case("pipeline")
+    cfg = s2mel.S2MelConfig.from_official(case.config)
+    params = s2mel.from_torch(case.params, cfg)
+    i, o = case.inputs, case.outputs
+    rng = np.random.default_rng(1)
+    s_len, p_len, m = 11, 18, 9
+    g = int(cfg.target_frames([m])[0])
+    one = {
+        "S_ref": rng.standard_normal((1, s_len, 1024)).astype(np.float32),
+        "ref_mel": rng.standard_normal((1, p_len, 80)).astype(np.float32),
+        "style": rng.standard_normal((1, 192)).astype(np.float32),
+        "gpt_latent": rng.standard_normal((1, m, 1280)).astype(np.float32),
+        "S_code_emb": rng.standard_normal((1, m, 1024)).astype(np.float32),
+        "noise": rng.standard_normal((1, p_len + g, 80)).astype(np.float32),
+    }
+    full = {"S_ref": i["S_ref"], "ref_mel": _t(i["ref_mel"]), "style": i["style"], "gpt_latent": i["gpt_latent"],
+            "S_code_emb": i["S_code_emb"], "noise": _t(i["noise"])}
+
+    def pad_stack(name):
+        a, b = full[name], one[name]
+        if a.ndim == 3:
+            b = np.pad(b, ((0, 0), (0, a.shape[1] - b.shape[1]), (0, 0)))
+        return np.concatenate([a, b], axis=0)
+
+    batch = {k: pad_stack(k) for k in full}
+    kw = dict(n_steps=int(i["n_timesteps"]), cfg_rate=float(i["inference_cfg_rate"]), return_intermediates=True)
+    got = s2mel.synthesize_mel(
+        params, cfg, batch["S_ref"], batch["ref_mel"], batch["style"], batch["gpt_latent"], batch["S_code_emb"],
+        np.array([i["code_lens"][0], m]), noise=batch["noise"], ref_lens=np.array([i["ref_mel"].shape[-1], p_len]),
+        S_ref_lens=np.array([i["S_ref"].shape[1], s_len]), **kw,
+    )
+    assert list(got["target_lengths"]) == [int(o["target_lengths"][0]), g]
+    assert_close(_t(got["vc_target"][:1]), o["vc_target"], TOL_CFM, "batched item 0 vs official")
+    single = s2mel.synthesize_mel(params, cfg, one["S_ref"], one["ref_mel"], one["style"], one["gpt_latent"],
+                                  one["S_code_emb"], noise=one["noise"], **kw)
+    assert_close(got["vc_target"][1:, :g], single["vc_target"], TOL_CFM, "batched item 1 vs single")
+    assert np.all(np.asarray(got["vc_target"])[1, g:] == 0)
+
+
+def test_from_torch_accepts_s2mel_pth_layout():
+    """``{"net": {entry: state_dict}, "optimizer": ..., ...}`` with DDP prefixes converts like the flat keys."""
+    case = _case("pipeline")
+    cfg = s2mel.S2MelConfig.from_official(case.config)
+    net: dict = {}
+    for k, v in case.params.items():
+        entry, _, rest = k[len("models."):].partition(".")
+        net.setdefault(entry, {})["module." + rest] = v
+    ckpt = {"net": net, "optimizer": {"state": {}}, "scheduler": {}, "epoch": 3, "iters": 100}
+    a = s2mel.from_torch(ckpt, cfg)
+    b = s2mel.from_torch({"net." + k[len("models."):]: v for k, v in case.params.items()}, cfg)
+    for (pa, la), (pb, lb) in zip(*(jax.tree_util.tree_leaves_with_path(t) for t in (a, b))):
+        assert pa == pb and np.array_equal(la, lb)
+    del net["gpt_layer"]
+    with pytest.raises(CheckpointError, match="gpt_layer"):
+        s2mel.from_torch(ckpt, cfg)
+
+
+def test_init_params_carry_logical_axes():
+    """Boxed init exposes logical axis names (for sharding rules); unboxed init matches the converter tree."""
+    import flax.linen as nn
+
+    cfg = _tiny_config()
+    boxed = jax.eval_shape(lambda k: s2mel.init_params(cfg, k, unbox=False), jax.random.key(0))
+    specs = nn.get_partition_spec(boxed)
+    assert tuple(specs["estimator"]["transformer"]["layers_0"]["attention"]["wqkv"]["kernel"]) == ("embed", "heads")
+    assert tuple(specs["estimator"]["wavenet"]["in_layers_0"]["kernel"]) == ("kernel", "conv_in", "conv_out")
+    plain = jax.eval_shape(lambda k: s2mel.init_params(cfg, k), jax.random.key(0))
+    assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(s2mel.abstract_params(cfg))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training loss
+# ------------------------------------------------------------------------------------------------
+
+
+def _tiny_config():
+    return s2mel.S2MelConfig(
+        length_regulator=s2mel.LengthRegulatorConfig(channels=8, in_channels=16),
+        dit=s2mel.DiTConfig(hidden_dim=16, num_heads=2, depth=3, content_dim=8),
+        wavenet=s2mel.WaveNetConfig(hidden_dim=16, num_layers=2),
+        style_dim=4,
+    )
+
+
+def _random_estimator_params(cfg, seed):
+    """Random estimator params with NumPy (shapes from abstract_params; avoids compiling the jitted init)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "freqs" in name:
+            return timestep_frequencies()
+        scale = 1.0 / np.sqrt(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 0.1
+        return (scale * rng.standard_normal(leaf.shape)).astype(np.float32) + ("weight" in name or "scale" in name)
+
+    return jax.tree_util.tree_map_with_path(draw, s2mel.abstract_params(cfg)["estimator"])
+
+
+def _loss_batch(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    b, t = 2, 24
+    return {
+        "x1": rng.standard_normal((b, t, cfg.n_mels)).astype(np.float32),
+        "mu": rng.standard_normal((b, t, cfg.dit.content_dim)).astype(np.float32),
+        "style": rng.standard_normal((b, cfg.style_dim)).astype(np.float32),
+        "prompt_lens": np.array([5, 8]),
+        "x_lens": np.array([24, 17]),
+    }
+
+
+def test_cfm_loss_masks():
+    cfg = _tiny_config()
+    params = _random_estimator_params(cfg, 0)
+    # Make the estimator blind to prompt_x, so the prompt frames of x1 can only reach the loss through
+    # y/u, which the loss must exclude.
+    k = np.array(params["cond_x_merge_linear"]["kernel"])
+    k[cfg.n_mels: 2 * cfg.n_mels] = 0
+    params = dict(params, cond_x_merge_linear=dict(params["cond_x_merge_linear"], kernel=k))
+    batch = _loss_batch(cfg)
+    key = jax.random.key(3)
+    loss_fn = jax.jit(lambda p, bt: s2mel.cfm_loss(p, cfg, key=key, **bt)[0])
+    base = float(loss_fn(params, batch))
+    assert np.isfinite(base) and base > 0
+
+    changed = {k: np.array(v) for k, v in batch.items()}
+    changed["x1"][0, :5] += 3.0  # prompt frames of item 0
+    changed["x1"][1, :8] -= 2.0  # prompt frames of item 1
+    changed["x1"][1, 17:] = 100.0  # padded frames of item 1
+    changed["mu"][1, 17:] = -50.0
+    assert abs(float(loss_fn(params, changed)) - base) <= 1e-6 * base
+
+    target = {k: np.array(v) for k, v in batch.items()}
+    target["x1"][1, 10] += 1.0  # a valid, non-prompt frame: must change the loss
+    assert abs(float(loss_fn(params, target)) - base) > 1e-4 * base
+
+
+def test_cfm_loss_decreases_with_adam():
+    import optax
+
+    cfg = _tiny_config()
+    params = _random_estimator_params(cfg, 1)
+    batch = _loss_batch(cfg, seed=2)
+    opt = optax.adam(3e-3)
+    state = opt.init(params)
+
+    def loss(p, key):
+        return s2mel.cfm_loss(p, cfg, key=key, cond_drop_prob=0.0, **batch)[0]
+
+    @jax.jit
+    def step(p, s, key):
+        value, grads = jax.value_and_grad(loss)(p, key)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, value
+
+    eval_keys = jax.random.split(jax.random.key(7), 4)
+    evaluate = jax.jit(lambda p: jnp.mean(jax.vmap(lambda k: loss(p, k))(eval_keys)))
+    before = float(evaluate(params))
+    for n in range(40):
+        params, state, _ = step(params, state, jax.random.fold_in(jax.random.key(9), n))
+    after = float(evaluate(params))
+    assert np.isfinite(after) and after < 0.9 * before, (before, after)
