@@ -211,3 +211,26 @@ def test_s2mel_and_vocoder_crop_aligned(data):
         assert batch["mel"].shape == (4, 16, 80) and batch["wave"].shape == (4, 16 * 256)
         assert (batch["wave_lengths"][batch["valid"]] == 16 * 256).all()
         assert np.abs(batch["wave"]).max() <= 1.0
+
+
+def test_orbax_checkpoint_manager_with_grain_handler(data, tmp_path):
+    """The Orbax usage documented in data_pipeline/pipeline.py: iterator state as a second item."""
+    import grain
+    import orbax.checkpoint as ocp
+
+    reference = list(make(data, num_epochs=1))
+    it = iter(make(data, num_epochs=1))
+    head = take(it, 4)
+    train_state = {"w": np.arange(3.0)}
+    mngr = ocp.CheckpointManager(tmp_path / "ckpt", item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+    mngr.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state),
+                                         data=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+    assert (tmp_path / "ckpt" / "4" / "data" / "process_0-of-1.json").exists()
+    restored = mngr.restore(4, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(train_state), data=grain.checkpoint.CheckpointRestore(iter(make(data,
+                                                                                                   num_epochs=1)))))
+    np.testing.assert_array_equal(restored["state"]["w"], train_state["w"])
+    assert_batches_equal(head + list(restored["data"]), reference)
+    mngr.close()
