@@ -1,0 +1,464 @@
+"""Semantic-code decoding for UnifiedVoice as one jitted function (reference §5.6).
+
+``generate`` runs the prefill of ``[pad][conds][start_text, text, stop_text][start_mel]`` and then a
+``lax.while_loop`` over a preallocated KV cache, entirely on device. It reproduces the official
+``inference_speech`` -> HF ``generate`` semantics:
+
+* positions: ``start_mel`` at mel position 0; the k-th generated code (k >= 1) is fed at mel position
+  k + 1 (position 1 is never used), unlike teacher forcing;
+* batches: each ``[conds][text]`` row is left-padded and masked (``generation_prefix``);
+* processors, in HF order: repetition penalty -> temperature -> top-k -> top-p. With ``num_beams == 1``
+  they act on the raw logits (greedy = argmax, sampling = categorical); with ``num_beams > 1`` on
+  ``log_softmax(logits)`` and top-k/top-p keep at least 2 tokens (HF ``_beam_search``). The penalized set
+  is every id in HF's ``input_ids``: the fake prefix ids (``1`` and ``start_mel``) and all generated codes;
+* beam search: initial beam scores ``[0, -1e9, ...]``, 2 x num_beams candidates per step (top-k, or
+  sampled without replacement with ``do_sample``), HF ``BeamSearchScorer`` bookkeeping
+  (hypotheses kept per batch row, ``length_penalty``, ``early_stopping=False`` done test, finalize);
+* stopping at ``stop_mel`` (then padded with it) or after ``max_new_tokens``.
+
+Extension (not in the release): ``target_tokens`` (B,) > 0 asks for exactly that many codes: the stop
+token is masked before N codes and forced at N (applied after the repetition penalty, before the
+warpers). This works with the released weights.
+
+Outputs are trimmed on the host by :func:`trim_codes` (cut at the first stop, as infer_v2 does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from indextts2_jax.errors import ConfigError
+from indextts2_jax.models.gpt import UnifiedVoice
+from indextts2_jax.nn.gpt2 import init_kv_cache
+
+NEG_INF = -jnp.inf
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Decoding settings; defaults are infer_v2's (beam 3 with sampling)."""
+
+    max_new_tokens: int = 1500
+    do_sample: bool = True
+    num_beams: int = 3
+    temperature: float = 0.8
+    top_k: int = 30
+    top_p: float = 0.8
+    repetition_penalty: float = 10.0
+    length_penalty: float = 0.0
+    return_logits: bool = False  # keep the raw logits (and processed scores) of every step (num_beams == 1)
+
+    @classmethod
+    def greedy(cls, max_new_tokens: int = 1500, repetition_penalty: float = 1.0, **kw) -> "DecodeConfig":
+        return cls(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                   repetition_penalty=repetition_penalty, **kw)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be >= 1")
+        if self.num_beams < 1:
+            raise ConfigError("num_beams must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 when sampling")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ConfigError("repetition_penalty must be > 0")
+
+
+class GenerateOutput(NamedTuple):
+    """codes (B, max_new_tokens) int32 padded with stop_mel; lengths (B,) codes before the first stop;
+    steps () decoding steps run; logits/scores (max_new_tokens, B, V) raw / processed per step (rows past
+    ``steps`` are zero) when ``return_logits``; sequence_scores (B,) the HF beam score (beam search)."""
+
+    codes: jax.Array
+    lengths: jax.Array
+    steps: jax.Array
+    logits: jax.Array | None = None
+    scores: jax.Array | None = None
+    sequence_scores: jax.Array | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# logits processors (HF semantics)
+# ---------------------------------------------------------------------------------------------
+def apply_repetition_penalty(scores: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """For ids in ``seen`` (B, V) bool: score < 0 -> score * penalty, else score / penalty."""
+    if penalty == 1.0:
+        return scores
+    penalized = jnp.where(scores < 0, scores * penalty, scores / penalty)
+    return jnp.where(seen, penalized, scores)
+
+
+def apply_top_k(scores: jax.Array, top_k: int, min_tokens_to_keep: int = 1) -> jax.Array:
+    """Keep the scores >= the k-th largest (k = max(top_k, min_keep), capped at V); others -inf."""
+    if top_k <= 0:
+        return scores
+    k = min(max(top_k, min_tokens_to_keep), scores.shape[-1])
+    kth = lax.top_k(scores, k)[0][..., -1:]
+    return jnp.where(scores < kth, NEG_INF, scores)
+
+
+def apply_top_p(scores: jax.Array, top_p: float, min_tokens_to_keep: int = 1) -> jax.Array:
+    """HF TopP: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, keep the
+    ``min_tokens_to_keep`` most likely."""
+    if top_p >= 1.0:
+        return scores
+    order = jnp.argsort(scores, axis=-1)  # ascending
+    sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
+    cum = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
+    remove_sorted = cum <= (1.0 - top_p)
+    v = scores.shape[-1]
+    remove_sorted = remove_sorted & (jnp.arange(v) < v - min_tokens_to_keep)
+    rows = jnp.arange(scores.shape[0])[:, None]
+    remove = jnp.zeros_like(remove_sorted).at[rows, order].set(remove_sorted)
+    return jnp.where(remove, NEG_INF, scores)
+
+
+def apply_exact_count(scores: jax.Array, step: jax.Array, target_tokens: jax.Array | None, stop: int) -> jax.Array:
+    """Exact-count mode: rows with target N > 0 cannot stop before N codes and must stop at code N."""
+    if target_tokens is None:
+        return scores
+    is_stop = jnp.arange(scores.shape[-1])[None, :] == stop
+    active = (target_tokens > 0)[:, None]
+    early = active & (step < target_tokens)[:, None] & is_stop
+    forced = active & (step == target_tokens)[:, None]
+    scores = jnp.where(early, NEG_INF, scores)
+    return jnp.where(forced, jnp.where(is_stop, 0.0, NEG_INF), scores)
+
+
+def process_scores(scores, seen, step, target_tokens, decode: DecodeConfig, stop: int, min_keep: int):
+    """repetition penalty -> exact count -> (sampling only) temperature -> top-k -> top-p."""
+    scores = apply_repetition_penalty(scores, seen, decode.repetition_penalty)
+    scores = apply_exact_count(scores, step, target_tokens, stop)
+    if decode.do_sample:
+        if decode.temperature != 1.0:
+            scores = scores / decode.temperature
+        scores = apply_top_k(scores, decode.top_k, min_keep)
+        scores = apply_top_p(scores, decode.top_p, min_keep)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# model plumbing
+# ---------------------------------------------------------------------------------------------
+class _Runner:
+    """Prefill and one-token decode steps of a UnifiedVoice over a KV cache of ``cache_len`` slots."""
+
+    def __init__(self, model: UnifiedVoice, params, prefix_len: int, cache_len: int):
+        self.model, self.params = model, params
+        self.prefix_len, self.cache_len = prefix_len, cache_len
+
+    def call(self, method, *args):
+        return self.model.apply({"params": self.params}, *args, method=method)
+
+    def prefill(self, prefix: jax.Array, prefix_mask: jax.Array):
+        """prefix (B, S, D), mask (B, S) -> logits (B, V) of the start_mel step, caches, key_valid (B, T)."""
+        cfg = self.model.config
+        b, s, _ = prefix.shape
+        start = self.call(UnifiedVoice.embed_mel, jnp.full((b, 1), cfg.start_mel_token, jnp.int32),
+                          jnp.zeros((b, 1), jnp.int32))
+        x = jnp.concatenate([prefix, start.astype(prefix.dtype)], axis=1)
+        key_pos = jnp.arange(self.cache_len)
+        key_valid = (key_pos[None, :] < s) & jnp.pad(prefix_mask, ((0, 0), (0, self.cache_len - s)))
+        key_valid = key_valid | (key_pos[None, :] == s)
+        causal = key_pos[None, :] <= jnp.arange(s + 1)[:, None]  # (S+1, T)
+        mask = causal[None, None] & key_valid[:, None, None, :]
+        caches = init_kv_cache(b, self.cache_len, cfg.layers, cfg.heads, cfg.head_dim, self.model.dtype)
+        hidden, caches = self.call(UnifiedVoice.transformer, x, mask, caches, 0)
+        logits = self.call(UnifiedVoice.mel_logits, hidden[:, -1:])[:, 0]
+        return logits, caches, key_valid
+
+    def step(self, caches, key_valid: jax.Array, tokens: jax.Array, index: jax.Array):
+        """Feed generated code number ``index`` (0-based) of every row; it sits at mel position index + 2."""
+        b = tokens.shape[0]
+        slot = self.prefix_len + 1 + index
+        emb = self.call(UnifiedVoice.embed_mel, tokens[:, None].astype(jnp.int32),
+                        jnp.full((b, 1), index + 2, jnp.int32))
+        key_valid = key_valid | (jnp.arange(self.cache_len)[None, :] == slot)
+        hidden, caches = self.call(UnifiedVoice.transformer, emb, key_valid[:, None, None, :], caches, slot)
+        logits = self.call(UnifiedVoice.mel_logits, hidden)[:, 0]
+        return logits, caches, key_valid
+
+
+def _initial_seen(batch: int, vocab: int, start_mel: int) -> jax.Array:
+    """HF input_ids of the official prompt are [1] * S + [start_mel]: both ids start penalized."""
+    seen = jnp.zeros((batch, vocab), bool)
+    return seen.at[:, 1].set(True).at[:, start_mel].set(True)
+
+
+def _lengths(codes: jax.Array, stop: int) -> jax.Array:
+    is_stop = codes == stop
+    return jnp.where(is_stop.any(axis=1), jnp.argmax(is_stop, axis=1), codes.shape[1]).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# greedy / sampling
+# ---------------------------------------------------------------------------------------------
+def _decode_single(runner: _Runner, decode: DecodeConfig, logits0, caches, key_valid, rng, target_tokens):
+    cfg = runner.model.config
+    stop, n = cfg.stop_mel_token, decode.max_new_tokens
+    b, v = logits0.shape
+
+    def select(logits, seen, step):
+        scores = process_scores(logits, seen, step, target_tokens, decode, stop, 1)
+        if decode.do_sample:
+            token = jax.random.categorical(jax.random.fold_in(rng, step), scores, axis=-1)
+        else:
+            token = jnp.argmax(scores, axis=-1)
+        return token.astype(jnp.int32), scores
+
+    def record(state, logits, step):
+        token, scores = select(logits, state["seen"], step)
+        token = jnp.where(state["finished"], stop, token)
+        state = dict(state)
+        state["codes"] = lax.dynamic_update_slice(state["codes"], token[:, None], (0, step))
+        state["finished"] = state["finished"] | (token == stop)
+        state["seen"] = state["seen"] | (jnp.arange(v)[None, :] == token[:, None])
+        state["last"] = token
+        if decode.return_logits:
+            state["logits"] = lax.dynamic_update_slice(state["logits"], logits[None], (step, 0, 0))
+            state["scores"] = lax.dynamic_update_slice(state["scores"], scores[None], (step, 0, 0))
+        state["step"] = step + 1
+        return state
+
+    state = {
+        "codes": jnp.full((b, n), stop, jnp.int32),
+        "finished": jnp.zeros((b,), bool),
+        "seen": _initial_seen(b, v, cfg.start_mel_token),
+        "last": jnp.zeros((b,), jnp.int32),
+        "caches": caches,
+        "key_valid": key_valid,
+        "step": jnp.int32(0),
+    }
+    if decode.return_logits:
+        state["logits"] = jnp.zeros((n, b, v), jnp.float32)
+        state["scores"] = jnp.zeros((n, b, v), jnp.float32)
+    state = record(state, logits0, jnp.int32(0))
+
+    def cond(state):
+        return (state["step"] < n) & ~jnp.all(state["finished"])
+
+    def body(state):
+        step = state["step"]
+        logits, caches, key_valid = runner.step(state["caches"], state["key_valid"], state["last"], step - 1)
+        state = dict(state, caches=caches, key_valid=key_valid)
+        return record(state, logits, step)
+
+    state = lax.while_loop(cond, body, state)
+    return GenerateOutput(
+        codes=state["codes"], lengths=_lengths(state["codes"], stop), steps=state["step"],
+        logits=state.get("logits"), scores=state.get("scores"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# beam search (HF BeamSearchScorer semantics)
+# ---------------------------------------------------------------------------------------------
+def _hyp_add(h: dict, accept_if: jax.Array, seq: jax.Array, ntok: jax.Array, sum_logprobs: jax.Array,
+             gen_len: jax.Array, length_penalty: float, num_beams: int) -> dict:
+    """BeamHypotheses.add for every batch row where ``accept_if``: keep the best ``num_beams`` by score.
+
+    h: scores (B, K), seqs (B, K, N), ntok (B, K), stamp (B, K) insertion order, count (B,), clock (B,).
+    A full list replaces its worst entry (lowest score, earliest inserted on ties) if the new one is better.
+    """
+    score = sum_logprobs / (gen_len.astype(jnp.float32) ** length_penalty)
+    valid = jnp.arange(num_beams)[None, :] < h["count"][:, None]
+    masked = jnp.where(valid, h["scores"], jnp.inf)
+    worst = jnp.min(masked, axis=1)
+    full = h["count"] >= num_beams
+    accept = accept_if & (~full | (score > worst))
+    # slot to write: the next free one, or the worst (min score, then min stamp)
+    is_min = masked == worst[:, None]
+    stamp_key = jnp.where(is_min, h["stamp"], jnp.iinfo(jnp.int32).max)
+    worst_slot = jnp.argmin(stamp_key, axis=1)
+    slot = jnp.where(full, worst_slot, h["count"])
+    write = accept[:, None] & (jnp.arange(num_beams)[None, :] == slot[:, None])  # (B, K)
+    return {
+        "scores": jnp.where(write, score[:, None], h["scores"]),
+        "seqs": jnp.where(write[:, :, None], seq[:, None, :], h["seqs"]),
+        "ntok": jnp.where(write, ntok[:, None], h["ntok"]),
+        "stamp": jnp.where(write, h["clock"][:, None], h["stamp"]),
+        "count": h["count"] + (accept & ~full),
+        "clock": h["clock"] + accept,
+    }
+
+
+def _hyp_worst(h: dict, num_beams: int) -> jax.Array:
+    valid = jnp.arange(num_beams)[None, :] < h["count"][:, None]
+    return jnp.min(jnp.where(valid, h["scores"], jnp.inf), axis=1)
+
+
+def _decode_beam(runner: _Runner, decode: DecodeConfig, logits0, caches, key_valid, rng, target_tokens):
+    cfg = runner.model.config
+    stop, n, k_beams = cfg.stop_mel_token, decode.max_new_tokens, decode.num_beams
+    b, v = logits0.shape
+    bk = b * k_beams
+    lp = decode.length_penalty
+
+    def expand(x):
+        return jnp.repeat(x, k_beams, axis=0)
+
+    logits0 = expand(logits0)
+    caches = jax.tree.map(expand, caches)
+    key_valid = expand(key_valid)
+    targets_bk = None if target_tokens is None else expand(target_tokens)
+
+    def process(state, logits, step):
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        proc = process_scores(logp, state["seen"], step, targets_bk, decode, stop, 2)
+        total = (proc + state["beam_scores"].reshape(bk, 1)).reshape(b, k_beams * v)
+        n_cand = 2 * k_beams
+        if decode.do_sample:
+            noise = jax.random.gumbel(jax.random.fold_in(rng, step), total.shape)
+            picked = lax.top_k(jax.nn.log_softmax(total, axis=-1) + noise, n_cand)[1]
+            cand_scores = jnp.take_along_axis(total, picked, axis=1)
+            order = jnp.argsort(-cand_scores, axis=1, stable=True)
+            cand_scores = jnp.take_along_axis(cand_scores, order, axis=1)
+            picked = jnp.take_along_axis(picked, order, axis=1)
+        else:
+            cand_scores, picked = lax.top_k(total, n_cand)
+        cand_beam, cand_tok = picked // v, picked % v
+
+        done = state["done"]
+        hyps = state["hyps"]
+        filled = jnp.zeros((b,), jnp.int32)
+        next_scores = jnp.zeros((b, k_beams), jnp.float32)
+        next_tok = jnp.full((b, k_beams), stop, jnp.int32)
+        next_src = jnp.zeros((b, k_beams), jnp.int32)
+        rows = jnp.arange(b)
+        for r in range(n_cand):
+            tok, sc, src = cand_tok[:, r], cand_scores[:, r], cand_beam[:, r]
+            active = ~done & (filled < k_beams)
+            is_eos = tok == stop
+            if r < k_beams:
+                seq = state["seqs"][rows, src]  # (B, N): the beam's codes so far, stop-padded
+                hyps = _hyp_add(hyps, active & is_eos, seq, jnp.full((b,), step, jnp.int32), sc,
+                                jnp.full((b,), step + 1, jnp.int32), lp, k_beams)
+            to_beam = active & ~is_eos
+            put = to_beam[:, None] & (jnp.arange(k_beams)[None, :] == filled[:, None])
+            next_scores = jnp.where(put, sc[:, None], next_scores)
+            next_tok = jnp.where(put, tok[:, None], next_tok)
+            next_src = jnp.where(put, src[:, None], next_src)
+            filled = filled + to_beam
+        best_possible = cand_scores[:, 0] / (jnp.float32(step + 1) ** lp)
+        newly_done = (hyps["count"] >= k_beams) & (_hyp_worst(hyps, k_beams) >= best_possible)
+        done_after = done | newly_done
+        # rows already done feed pad tokens from beam 0 with score 0
+        next_scores = jnp.where(done[:, None], 0.0, next_scores)
+        next_tok = jnp.where(done[:, None], stop, next_tok)
+        next_src = jnp.where(done[:, None], 0, next_src)
+
+        src_global = (rows[:, None] * k_beams + next_src).reshape(bk)
+        seqs = state["seqs"][rows[:, None], next_src]  # (B, K, N)
+        seqs = lax.dynamic_update_slice(seqs, next_tok[:, :, None], (0, 0, step))
+        tok_flat = next_tok.reshape(bk)
+        seen = state["seen"][src_global] | (jnp.arange(v)[None, :] == tok_flat[:, None])
+        caches = jax.tree.map(lambda c: c[src_global], state["caches"])
+        return dict(state, beam_scores=next_scores, seqs=seqs, seen=seen, caches=caches, last=tok_flat,
+                    hyps=hyps, done=done_after, step=step + 1)
+
+    hyps = {
+        "scores": jnp.full((b, k_beams), -jnp.inf, jnp.float32),
+        "seqs": jnp.full((b, k_beams, n), stop, jnp.int32),
+        "ntok": jnp.zeros((b, k_beams), jnp.int32),
+        "stamp": jnp.zeros((b, k_beams), jnp.int32),
+        "count": jnp.zeros((b,), jnp.int32),
+        "clock": jnp.zeros((b,), jnp.int32),
+    }
+    beam_scores = jnp.where(jnp.arange(k_beams)[None, :] == 0, 0.0, -1e9) * jnp.ones((b, 1), jnp.float32)
+    state = {
+        "beam_scores": beam_scores,
+        "seqs": jnp.full((b, k_beams, n), stop, jnp.int32),
+        "seen": _initial_seen(bk, v, cfg.start_mel_token),
+        "caches": caches,
+        "key_valid": key_valid,
+        "last": jnp.zeros((bk,), jnp.int32),
+        "hyps": hyps,
+        "done": jnp.zeros((b,), bool),
+        "step": jnp.int32(0),
+    }
+    state = process(state, logits0, jnp.int32(0))
+
+    def cond(state):
+        return (state["step"] < n) & ~jnp.all(state["done"])
+
+    def body(state):
+        step = state["step"]
+        logits, caches, kv = runner.step(state["caches"], state["key_valid"], state["last"], step - 1)
+        return process(dict(state, caches=caches, key_valid=kv), logits, step)
+
+    state = lax.while_loop(cond, body, state)
+
+    # finalize: rows not done add their running beams (in beam order) as hypotheses
+    hyps = state["hyps"]
+    steps = state["step"]
+    for k in range(k_beams):
+        hyps = _hyp_add(hyps, ~state["done"], state["seqs"][:, k], jnp.full((b,), steps, jnp.int32),
+                        state["beam_scores"][:, k], jnp.full((b,), steps, jnp.int32), lp, k_beams)
+    valid = jnp.arange(k_beams)[None, :] < hyps["count"][:, None]
+    masked = jnp.where(valid, hyps["scores"], -jnp.inf)
+    best_score = jnp.max(masked, axis=1)
+    # python's stable sort + pop(): among equal scores the latest inserted wins
+    tie_key = jnp.where(masked == best_score[:, None], hyps["stamp"], -1)
+    best = jnp.argmax(tie_key, axis=1)
+    rows = jnp.arange(b)
+    codes = hyps["seqs"][rows, best]
+    ntok = hyps["ntok"][rows, best]
+    codes = jnp.where(jnp.arange(n)[None, :] < ntok[:, None], codes, stop)
+    return GenerateOutput(codes=codes, lengths=ntok, steps=steps, sequence_scores=best_score)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+def _generate(model: UnifiedVoice, decode: DecodeConfig, params, conds, text_ids, text_lengths, rng, target_tokens):
+    prefix, prefix_mask = model.apply({"params": params}, conds, text_ids, text_lengths,
+                                      method=UnifiedVoice.generation_prefix)
+    s = prefix.shape[1]
+    runner = _Runner(model, params, s, s + decode.max_new_tokens)
+    logits0, caches, key_valid = runner.prefill(prefix, prefix_mask)
+    if target_tokens is not None:
+        target_tokens = jnp.asarray(target_tokens, jnp.int32)
+    if decode.num_beams == 1:
+        return _decode_single(runner, decode, logits0, caches, key_valid, rng, target_tokens)
+    return _decode_beam(runner, decode, logits0, caches, key_valid, rng, target_tokens)
+
+
+_generate_jit = jax.jit(_generate, static_argnums=(0, 1))
+
+
+def generate(model: UnifiedVoice, params, conds: jax.Array, text_ids: jax.Array, text_lengths: jax.Array | None = None,
+             *, decode: DecodeConfig = DecodeConfig(), rng: jax.Array | None = None,
+             target_tokens: jax.Array | None = None) -> GenerateOutput:
+    """Generate semantic codes (one jitted call: prefill + ``lax.while_loop``).
+
+    conds (B, 34, D) from ``UnifiedVoice.conditioning_block``; text_ids (B, L) BPE ids without start/stop
+    (ids equal to start/stop and entries at/after ``text_lengths`` are dropped, as officially);
+    ``rng`` (a PRNG key) is required when ``decode.do_sample``; ``target_tokens`` (B,) int > 0 = exact
+    code count per row (0 = free). Recompiles per (B, L, decode settings).
+    """
+    decode.validate()
+    cfg = model.config
+    if decode.max_new_tokens + 1 >= cfg.mel_positions:
+        raise ConfigError(f"max_new_tokens {decode.max_new_tokens} needs mel positions up to "
+                          f"{decode.max_new_tokens + 1}; the table has {cfg.mel_positions}")
+    if decode.return_logits and decode.num_beams > 1:
+        raise ConfigError("return_logits is only kept for num_beams == 1")
+    if decode.do_sample and rng is None:
+        raise ConfigError("sampling needs a PRNG key: generate(..., rng=jax.random.key(seed))")
+    if rng is None:
+        rng = jax.random.PRNGKey(0)
+    return _generate_jit(model, decode, params, conds, jnp.asarray(text_ids), text_lengths, rng, target_tokens)
+
+
+def trim_codes(output: GenerateOutput) -> list[np.ndarray]:
+    """Per row, the codes before the first stop token (what infer_v2 passes on)."""
+    codes, lengths = np.asarray(output.codes), np.asarray(output.lengths)
+    return [codes[i, : lengths[i]] for i in range(codes.shape[0])]
