@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -391,7 +392,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
             total[k] += s[k]
     total["hours"] = round(total["seconds"] / 3600, 4)
     report["total"] = total
-    tmp = out_dir / "report.json.tmp"
+    tmp = out_dir / f"report.json.{uuid.uuid4().hex}.tmp"  # hosts may write at the same time
     tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     os.replace(tmp, out_dir / "report.json")
     return report
@@ -426,7 +427,7 @@ def preprocess(utterances: Sequence[Utterance], out_dir: str | os.PathLike, opti
                 raise ValueError(f"{meta_path}: existing output was made with other {key} ({old.get(key)} vs "
                                  f"{meta[key]}); use a fresh --out folder")
     else:
-        tmp = meta_path.with_suffix(".json.tmp")
+        tmp = out_dir / f"dataset.json.{uuid.uuid4().hex}.tmp"
         tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         os.replace(tmp, meta_path)
 

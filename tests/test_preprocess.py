@@ -1,5 +1,6 @@
 """Preprocessing: bad files are skipped and reported, features are exact, restarts keep finished shards."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ BAD = {  # id -> the reason preprocessing must report
     "bad_long": "AudioTooLongError",
     "bad_clipped": "ClippedAudioError",
     "bad_notext": "EmptyTextError",
+    "bad_nan": "NonFiniteAudioError",
 }
 
 
@@ -54,6 +56,10 @@ def make_corpus(root: Path, num_speakers: int = 3, per_speaker: int = 8, bad: bo
         add("bad_clipped", np.clip(3 * tone / 0.3, -1, 1).astype(np.float32), sr)
         add("bad_notext", tone, sr, text="  ")
         add("bad_missing", tone, sr, write=False)
+        nan = tone.copy()
+        nan[100] = np.nan
+        sf.write(str(wavs / "bad_nan.wav"), nan, sr, subtype="FLOAT")
+        utts.append(Utterance("bad_nan", str(wavs / "bad_nan.wav"), "text", "spk0"))
         (wavs / "bad_corrupt.wav").write_bytes(b"RIFF" + rng.bytes(300))
         utts.append(Utterance("bad_corrupt", str(wavs / "bad_corrupt.wav"), "text", "spk1"))
     manifest = root / "manifest.jsonl"
@@ -218,3 +224,15 @@ def test_codec_roundtrip_and_refusals():
 
 def read_utt(manifest, uid):
     return next(u for u in read_manifest(manifest) if u.id == uid)
+
+
+def test_channels(tmp_path):
+    sr = 16000
+    t = np.arange(sr) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 200 * t)
+    sf.write(str(tmp_path / "stereo.wav"), np.stack([tone, 0.5 * tone], axis=1).astype(np.float32), sr)
+    utt = Utterance("stereo", str(tmp_path / "stereo.wav"), "two channels", "s")
+    record, skip = pp.FeatureExtractor(dataclasses.replace(OPTIONS, mono="error"))(utt)
+    assert record is None and skip["reason"] == "ChannelError" and "2 channels" in skip["message"]
+    record, skip = pp.FeatureExtractor(OPTIONS)(utt)  # default: mixed down to mono
+    assert skip is None and record["num_samples"] == 22050
