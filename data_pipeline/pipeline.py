@@ -136,7 +136,8 @@ class BatchPlan:
     def __init__(self, index: Sequence[Mapping[str, Any]], *, length_record_key: str, length_factor: int,
                  buckets: Sequence[int], global_batch_size: int, process_index: int = 0, process_count: int = 1,
                  seed: int = 0, num_epochs: int | None = None, drop_remainder: bool = False, crop: bool = False,
-                 min_seconds: float = 0.0, max_seconds: float = float("inf"), max_text_tokens: int | None = None):
+                 shuffle: bool = True, min_seconds: float = 0.0, max_seconds: float = float("inf"),
+                 max_text_tokens: int | None = None):
         if global_batch_size % process_count:
             raise ValueError(f"global batch size {global_batch_size} is not divisible by {process_count} hosts")
         if not 0 <= process_index < process_count:
@@ -148,6 +149,7 @@ class BatchPlan:
         self.host_batch_size = global_batch_size // process_count
         self.process_index, self.process_count = process_index, process_count
         self.seed, self.num_epochs, self.drop_remainder = int(seed), num_epochs, drop_remainder
+        self.shuffle = shuffle
         self.num_records = len(index)
         self.dropped: dict[str, int] = {}
         kept, bucket_of = [], []
@@ -203,7 +205,7 @@ class BatchPlan:
 
     def _make_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.kept)
+        order = rng.permutation(self.kept) if self.shuffle else self.kept
         g = self.global_batch_size
         buckets, rows = [], []
         for b in range(len(self.buckets)):
@@ -212,7 +214,7 @@ class BatchPlan:
                 chunk = members[k * g:(k + 1) * g]
                 buckets.append(b)
                 rows.append(np.pad(chunk, (0, g - len(chunk)), constant_values=-1))
-        perm = rng.permutation(len(rows))
+        perm = rng.permutation(len(rows)) if self.shuffle else np.arange(len(rows))
         return np.asarray(buckets, np.int32)[perm], np.stack(rows)[perm]
 
     def __getitem__(self, step: int) -> dict[str, Any]:
@@ -430,7 +432,8 @@ class Pipeline:
 def make_pipeline(config, split: str = "train", *, shards_dir: str | os.PathLike | None = None,
                   stage: str | None = None, process_index: int | None = None, process_count: int | None = None,
                   global_batch_size: int | None = None, seed: int | None = None, num_epochs: int | None = None,
-                  num_workers: int | None = None, drop_remainder: bool = False, length_buckets=None,
+                  num_workers: int | None = None, drop_remainder: bool = False, shuffle: bool = True,
+                  length_buckets=None,
                   prompt_source: str | None = None, prompt_frames: int | None = None,
                   prompt_min_frames: int | None = None, bpe_model: str | None = None,
                   read_threads: int = 4, prefetch_buffer_size: int = 16) -> Pipeline:
@@ -438,6 +441,7 @@ def make_pipeline(config, split: str = "train", *, shards_dir: str | os.PathLike
 
     Args default to the config: ``shards_dir`` = ``data.shards``, ``global_batch_size``,
     ``seed`` = ``data.shuffle_seed``, ``num_workers`` = ``data.num_workers``, ``length_buckets``,
+    ``shuffle`` False keeps record order (evaluation; prompts and crops stay seeded).
     ``prompt_*`` = ``data.prompt_*`` if present (else "other", the smallest bucket, a quarter of
     it). ``process_index``/``process_count`` default to the JAX process (``grain.sharding.ShardByJaxProcess``);
     pass them to simulate hosts. ``num_epochs`` None repeats forever. ``bpe_model`` (default
@@ -472,7 +476,7 @@ def make_pipeline(config, split: str = "train", *, shards_dir: str | os.PathLike
     plan = BatchPlan(index, length_record_key=len_record_key, length_factor=len_factor, buckets=buckets,
                      global_batch_size=int(global_batch_size or getattr(config, "global_batch_size", 8)),
                      process_index=process_index, process_count=process_count, seed=seed, num_epochs=num_epochs,
-                     drop_remainder=drop_remainder, crop=spec.crop,
+                     drop_remainder=drop_remainder, crop=spec.crop, shuffle=shuffle,
                      min_seconds=float(_cfg(config, "min_audio_seconds", 0.0)),
                      max_seconds=float(_cfg(config, "max_audio_seconds", float("inf"))),
                      max_text_tokens=max_text_tokens if (spec.text and text_in_shards) else None)

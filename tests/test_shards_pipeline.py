@@ -73,6 +73,14 @@ def test_same_seed_same_batches(data):
     for epoch in (first, second):
         seen = np.concatenate([x["record_index"][x["valid"]] for x in epoch])
         assert sorted(seen.tolist()) == sorted(p.plan.kept.tolist())
+    # shuffle=False (evaluation): records in shard order within each bucket, buckets in order.
+    ordered = list(make(data, num_epochs=1, shuffle=False))
+    sizes = [x["semantic_features"].shape[1] for x in ordered]
+    assert sizes == sorted(sizes)
+    rows = [x["record_index"][x["valid"]] for x in ordered]
+    for size in set(sizes):
+        r = np.concatenate([rw for rw, s in zip(rows, sizes) if s == size])
+        assert (np.diff(r) > 0).all()
 
 
 def test_buckets_shapes_and_dropped(data):
