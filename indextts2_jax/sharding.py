@@ -17,6 +17,7 @@ of failing at compile time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -121,21 +122,32 @@ def _fsdp_fallback(shape: tuple[int, ...], mesh: Mesh) -> P:
 
 
 def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
-    """NamedShardings for a (possibly boxed) abstract tree, with the fallbacks of the module doc."""
-    rules = rules_from_config(rules)
-    logical = nn.get_partition_spec(abstract_boxed)
-    unboxed = nn.unbox(abstract_boxed)
+    """NamedShardings for a (possibly boxed) abstract tree, with the fallbacks of the module doc.
 
-    def one(spec, leaf):
-        shape = tuple(getattr(leaf, "shape", ()))
-        if spec is None or spec == P():
-            mesh_spec = _fsdp_fallback(shape, mesh)
+    The result has the structure of the unboxed tree (empty nodes such as optax's ``MaskedNode``
+    stay empty), so it can be zipped with ``nn.unbox(abstract_boxed)``.
+    """
+    rules = rules_from_config(rules)
+
+    def one(leaf):
+        if isinstance(leaf, nn.Partitioned):
+            if not hasattr(leaf.value, "shape"):  # an empty node (optax MaskedNode) inside a box
+                return leaf.value
+            shape = tuple(leaf.value.shape)
+            mesh_spec = _fit_spec(nn.logical_to_mesh_axes(tuple(leaf.names), rules), shape, mesh)
         else:
-            mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules)
-            mesh_spec = _fit_spec(mesh_spec, shape, mesh)
+            mesh_spec = _fsdp_fallback(tuple(getattr(leaf, "shape", ())), mesh)
         return NamedSharding(mesh, mesh_spec)
 
-    return jax.tree.map(one, logical, unboxed, is_leaf=lambda x: isinstance(x, P) or x is None)
+    return jax.tree.map(one, abstract_boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
+    """Make ``mesh`` current and ``rules`` the logical-axis rules (for ``nn.with_logical_constraint``)."""
+    set_mesh = getattr(jax, "set_mesh", None)
+    with (set_mesh(mesh) if set_mesh is not None else mesh), nn.logical_axis_rules(rules_from_config(rules)):
+        yield
 
 
 def state_shardings(init_fn: Callable[..., Any], mesh: Mesh, rules, *args, **kwargs) -> tuple[Any, Any]:
@@ -147,7 +159,7 @@ def state_shardings(init_fn: Callable[..., Any], mesh: Mesh, rules, *args, **kwa
 def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules, *args) -> tuple[Any, Any]:
     """Run ``init_fn`` jitted straight into its shardings. Returns ``(state, shardings)``."""
     _, shardings = state_shardings(init_fn, mesh, rules, *args)
-    with mesh:
+    with use_mesh(mesh, rules):
         state = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
     return state, shardings
 

@@ -1,0 +1,345 @@
+"""The generic trainer: one readable loop for every stage.
+
+Order (DESIGN.md "Training habits"): logging, mesh, input, ``jax.eval_shape`` of params and
+optimizer state, shardings from the abstract shapes, jitted init straight into those shardings,
+jitted step (compiled ahead, memory analysis logged), resume, evals, loop.
+
+A stage plugs in as a :class:`Task`. The step is ``(state, batch) -> (state, metrics)``, jitted with
+the state donated; per-step randomness is ``fold_in(rng, step)`` so a resumed run draws the same
+numbers. Checkpoints hold two items: the train state and each host's Grain iterator state, so a
+killed run resumes with the same data order. Resume order: a checkpoint in the workdir, then
+``config.resume`` (another run's checkpoint dir), then ``config.init_from`` (params only), then
+scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from indextts2_jax import sharding
+from indextts2_jax.train.optim import make_optimizer
+
+log = logging.getLogger("indextts2_jax.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; training stops without saving the broken state."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+class Task:
+    """What a training stage provides. Subclasses override the methods that apply.
+
+    Batches are dicts of NumPy arrays whose leading dim is this host's share of the global batch.
+    """
+
+    name = "task"
+
+    def __init__(self, config):
+        self.config = config
+
+    def example_batch(self) -> dict[str, np.ndarray]:
+        """A local batch with the shapes used for init (the first bucket)."""
+        raise NotImplementedError
+
+    def init_params(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Any:
+        """Params (may be boxed with logical axis names)."""
+        raise NotImplementedError
+
+    def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool = True):
+        """``(scalar loss, {name: scalar metric})``."""
+        raise NotImplementedError
+
+    def train_iterator(self, process_index: int, process_count: int) -> Iterator:
+        """A Grain ``DatasetIterator`` (``get_state``/``set_state``) over local batches."""
+        raise NotImplementedError
+
+    def eval_iterator(self, process_index: int, process_count: int) -> Iterator | None:
+        return None
+
+    def tokens_in_batch(self, batch: Mapping[str, np.ndarray]) -> int:
+        """Work units (tokens or frames) in a global batch, for throughput."""
+        first = next(iter(batch.values()))
+        return int(np.prod(first.shape[:2])) if first.ndim >= 2 else int(first.shape[0])
+
+    def flops_per_step(self, batch: Mapping[str, np.ndarray], num_params: int) -> float:
+        """Model FLOPs of one training step (for MFU); default 6 * params * tokens."""
+        return 6.0 * num_params * self.tokens_in_batch(batch)
+
+    def select_init_params(self, restored: Any) -> Any:
+        """The part of a converted checkpoint (``config.init_from``) that this stage trains."""
+        return restored.get("params", restored) if isinstance(restored, Mapping) else restored
+
+    def write_samples(self, params: Any, writer: Any, step: int) -> None:
+        """Audio/mel images at eval time (process 0 only)."""
+
+
+# Peak dense FLOP/s per device for MFU, by device kind substring (bfloat16 tensor cores; TPU bf16).
+_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
+               "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
+
+
+def peak_flops_per_device(config) -> float:
+    configured = float(config.log.get("peak_flops", 0.0) or 0.0)
+    if configured:
+        return configured
+    kind = getattr(jax.devices()[0], "device_kind", "")
+    for key, val in _PEAK_FLOPS.items():
+        if key.lower() in kind.lower():
+            return val
+    return 0.0
+
+
+class MetricsWriter:
+    """tensorboardX scalars/audio/images plus a JSONL file, written from process 0 only."""
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        self.jsonl = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self.tb.add_scalar(f"{prefix}/{k}", v, step)
+        self.jsonl.write(json.dumps({"step": step, "split": prefix, **{k: float(v) for k, v in values.items()}}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.jsonl.close()
+
+
+def _checkpoint_manager(config, directory: str):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(config.checkpoint.keep),
+        enable_async_checkpointing=bool(config.checkpoint.async_save),
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"), options=options)
+
+
+def _save(mngr, step: int, state: TrainState, data_iter) -> None:
+    import grain
+    import orbax.checkpoint as ocp
+
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             data=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+
+
+def _restore(mngr, step: int, abstract_state, data_iter):
+    import grain
+    import orbax.checkpoint as ocp
+
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                           data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return restored.state
+
+
+def _tree_norm(tree) -> jax.Array:
+    leaves = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros(())
+
+
+def build_step(task: Task, tx, schedule):
+    def train_step(state: TrainState, batch, rng):
+        step_rng = jax.random.fold_in(rng, state.step)
+        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng, True)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
+        metrics = dict(metrics)
+        metrics.update(loss=loss, grad_norm=_tree_norm(grads), update_norm=_tree_norm(updates),
+                       param_norm=_tree_norm(params), learning_rate=schedule(state.step))
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train ``task`` under ``config`` in ``workdir``; returns a summary (last metrics, steps).
+
+    ``stop_after_steps`` stops early (after saving) without changing the schedule (tests use it to
+    simulate an interruption).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    writer = MetricsWriter(workdir, is_main)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+    # Mesh and input.
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rules = sharding.rules_from_config(config.logical_axis_rules)
+    train_iter = task.train_iterator(jax.process_index(), jax.process_count())
+    example = task.example_batch()
+
+    # Abstract state and shardings; init straight into them.
+    total_steps = int(config.total_steps)
+    tx, schedule = make_optimizer(config.optimizer, total_steps, tuple(config.freeze),
+                                  int(config.grad_accum_steps))
+    rng = jax.random.key(int(config.seed))
+    init_rng, step_rng = jax.random.split(rng)
+    example_global = sharding.global_batch(example, mesh)
+
+    def init_state(r):
+        params = task.init_params(r, example_global)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    abstract_state, state_shardings = sharding.state_shardings(init_state, mesh, rules, init_rng)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+    log.info("stage %s: %d params on mesh %s", task.name, num_params, dict(mesh.shape))
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    mngr = _checkpoint_manager(config, ckpt_dir)
+    abstract_with_sharding = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings)
+
+    with sharding.use_mesh(mesh, rules):
+        if mngr.latest_step() is not None:
+            start = mngr.latest_step()
+            state = _restore(mngr, start, abstract_with_sharding, train_iter)
+            log.info("resumed from %s at step %d", ckpt_dir, start)
+        elif config.get("resume"):
+            other = _checkpoint_manager(config, config.resume)
+            start = other.latest_step()
+            if start is None:
+                raise FileNotFoundError(f"config.resume={config.resume!r} holds no checkpoint")
+            state = _restore(other, start, abstract_with_sharding, train_iter)
+            log.info("resumed from config.resume=%s at step %d", config.resume, start)
+        else:
+            state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)(init_rng)
+            if config.get("init_from"):
+                state = state.replace(params=_load_init_params(config.init_from, task, abstract_state.params,
+                                                                 state_shardings.params))
+                state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_shardings.opt_state)(
+                    state.params))
+                log.info("initialized params from %s", config.init_from)
+
+        step_fn = jax.jit(build_step(task, tx, schedule), out_shardings=(state_shardings, None),
+                          donate_argnums=(0,))
+        t0 = time.perf_counter()
+        compiled = step_fn.lower(state, example_global, step_rng).compile()
+        log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
+        try:
+            log.info("memory analysis: %s", compiled.memory_analysis())
+        except Exception:  # not every backend reports it
+            pass
+
+        stop = {"signal": False}
+
+        def on_term(signum, frame):
+            stop["signal"] = True
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        peak = peak_flops_per_device(config) * jax.device_count()
+        last_metrics: dict[str, float] = {}
+        step = int(state.step)
+        window_t, window_tokens, window_steps = time.perf_counter(), 0, 0
+        try:
+            while step < total_steps:
+                local = next(train_iter)
+                batch = sharding.global_batch(local, mesh)
+                state, metrics = step_fn(state, batch, step_rng)
+                step += 1
+                window_steps += 1
+                window_tokens += task.tokens_in_batch(local) * jax.process_count()
+                at_log = step % int(config.log.every_steps) == 0 or step == total_steps
+                at_ckpt = step % int(config.checkpoint.every_steps) == 0 or step == total_steps
+                early = stop_after_steps is not None and step >= stop_after_steps
+                if at_log or at_ckpt or stop["signal"] or early:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if not np.isfinite(values["loss"]):
+                        raise NonFiniteLossError(
+                            f"loss is {values['loss']} at step {step} (stage {task.name}); stopping without "
+                            f"saving. Last good checkpoint: step {mngr.latest_step()} in {ckpt_dir}")
+                    dt = time.perf_counter() - window_t
+                    values["steps_per_second"] = window_steps / dt
+                    values["tokens_per_second"] = window_tokens / dt
+                    if peak:
+                        flops = task.flops_per_step(local, num_params) * jax.process_count()
+                        values["mfu"] = flops * window_steps / dt / peak
+                    window_t, window_tokens, window_steps = time.perf_counter(), 0, 0
+                    last_metrics = values
+                    if at_log:
+                        writer.scalars(step, values)
+                        if is_main:
+                            print(f"[{task.name}] step {step}/{total_steps} loss {values['loss']:.4f} "
+                                  f"lr {values['learning_rate']:.2e} {values['steps_per_second']:.2f} steps/s "
+                                  f"{values['tokens_per_second']:.0f} tok/s"
+                                  + (f" mfu {values['mfu']:.1%}" if "mfu" in values else ""), flush=True)
+                    if at_ckpt or stop["signal"] or early:
+                        _save(mngr, step, state, train_iter)
+                if step % int(config.log.eval_every_steps) == 0 or step == total_steps:
+                    ev = evaluate(task, state.params, mesh, int(config.log.num_eval_batches))
+                    if ev:
+                        writer.scalars(step, ev, prefix="eval")
+                    if is_main:
+                        task.write_samples(state.params, writer.tb, step)
+                if stop["signal"] or early:
+                    log.info("stopping at step %d (%s)", step, "SIGTERM" if stop["signal"] else "stop_after_steps")
+                    break
+        finally:
+            mngr.wait_until_finished()
+            mngr.close()
+            signal.signal(signal.SIGTERM, previous)
+            writer.close()
+    return {"step": step, "metrics": last_metrics, "num_params": num_params}
+
+
+def evaluate(task: Task, params, mesh, num_batches: int) -> dict[str, float]:
+    it = task.eval_iterator(jax.process_index(), jax.process_count())
+    if it is None:
+        return {}
+    eval_fn = jax.jit(lambda p, b: task.loss_fn(p, b, jax.random.key(0), False))
+    sums: dict[str, float] = {}
+    n = 0
+    for _ in range(num_batches):
+        try:
+            local = next(it)
+        except StopIteration:
+            break
+        loss, metrics = eval_fn(params, sharding.global_batch(local, mesh))
+        values = {"loss": float(loss), **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+    return {k: v / n for k, v in sums.items()} if n else {}
+
+
+def _load_init_params(path: str, task: Task, abstract_params, param_shardings):
+    import orbax.checkpoint as ocp
+
+    from indextts2_jax.convert.state_dict import check_params_match
+
+    restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
+    params = task.select_init_params(restored)
+    check_params_match(params, abstract_params, what=f"init_from={path}")
+    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, param_shardings)
