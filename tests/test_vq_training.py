@@ -64,8 +64,18 @@ def test_sharded_nearest_code_one_device_mesh():
     mesh = Mesh(np.array(jax.devices()[:1]), ("codebook",))
     sharded = vq.shard_codebook(codebook, mesh, "codebook")
     assert sharded.sharding.spec[0] == "codebook"
+    want = _numpy_nearest(latents, codebook, "cosine")
     got = vq.sharded_nearest_code(latents, sharded, mesh, "codebook", query_chunk=32, codebook_chunk=40)
-    np.testing.assert_array_equal(np.asarray(got), _numpy_nearest(latents, codebook, "cosine"))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    # mesh and axis taken from the codebook's NamedSharding
+    np.testing.assert_array_equal(np.asarray(vq.sharded_nearest_code(latents, sharded)), want)
+    # logical axis "codebook" resolved through Flax-style rules onto a differently named mesh axis
+    mesh_t = Mesh(np.array(jax.devices()[:1]), ("tensor",))
+    rules = (("batch", "data"), ("codebook", "tensor"))
+    assert vq.codebook_mesh_axes(rules, mesh_t) == ("tensor",)
+    placed = vq.shard_codebook(codebook, mesh_t, rules=rules)
+    assert placed.sharding.spec[0] == "tensor"
+    np.testing.assert_array_equal(np.asarray(vq.sharded_nearest_code(latents, placed, mesh_t, rules=rules)), want)
 
 
 def test_sharded_nearest_code_four_simulated_devices():
@@ -84,7 +94,7 @@ def test_sharded_nearest_code_four_simulated_devices():
         mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "codebook_shard"))
         sharded = vq.shard_codebook(codebook, mesh, ("data", "codebook_shard"))
         assert len(sharded.addressable_shards) == 4 and sharded.addressable_shards[0].data.shape == (16, 8)
-        got = np.asarray(vq.sharded_nearest_code(latents, sharded, mesh, ("data", "codebook_shard")))
+        got = np.asarray(vq.sharded_nearest_code(latents, sharded))  # mesh/axes from the sharding
         x = latents / np.linalg.norm(latents, axis=-1, keepdims=True)
         c = codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)
         c[40] = c[5]  # exact tie in exact arithmetic; float64 rounding must not break it

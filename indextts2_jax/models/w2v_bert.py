@@ -227,9 +227,8 @@ class RelativeKeySelfAttention(nn.Module):
             + c.left_max_position_embeddings
         )  # (T_query, T_key)
         query_dot_distance = query_dot_distance.transpose(0, 2, 1, 3)  # (B, nh, T, P)
-        relative_scores = jnp.take_along_axis(
-            query_dot_distance, jnp.broadcast_to(bucket, (b, nh, t, t)), axis=-1
-        )  # (B, nh, T_query, T_key)
+        # one (T, T) index grid shared by every batch row and head: (B, nh, T_query, T_key)
+        relative_scores = query_dot_distance[:, :, positions[:, None], bucket]
         content_scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
         scale = 1.0 / math.sqrt(dh)
         scores = content_scores.astype(jnp.float32) * scale + relative_scores.astype(jnp.float32) * scale

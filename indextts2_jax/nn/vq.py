@@ -34,6 +34,7 @@ __all__ = [
     "code_scores",
     "nearest_code",
     "lookup",
+    "codebook_mesh_axes",
     "shard_codebook",
     "sharded_nearest_code",
     "straight_through",
@@ -155,19 +156,40 @@ def lookup(codebook, indices):
     return jnp.take(jnp.asarray(codebook), indices, axis=0)
 
 
-def shard_codebook(codebook, mesh: Mesh, axis: str | tuple[str, ...] = "codebook"):
-    """Place a (K, d) codebook with its rows sharded over mesh ``axis`` (NamedSharding P(axis, None))."""
-    return jax.device_put(codebook, NamedSharding(mesh, P(axis, None)))
+def codebook_mesh_axes(rules=None, mesh: Mesh | None = None, logical: str = "codebook") -> tuple[str, ...]:
+    """Mesh axes that the logical axis ``"codebook"`` maps to.
+
+    With Flax logical ``rules`` (``(("codebook", "tensor"), ...)``) they decide; without rules, a
+    mesh axis literally named ``"codebook"`` is used if ``mesh`` has one; else () (replicated).
+    """
+    if rules is not None:
+        target = dict((name, t) for name, t in rules).get(logical)
+    else:
+        target = logical if mesh is None or logical in mesh.axis_names else None
+    if target is None:
+        return ()
+    return (target,) if isinstance(target, str) else tuple(target)
+
+
+def shard_codebook(codebook, mesh: Mesh, axis: str | tuple[str, ...] | None = None, rules=None):
+    """Place a (K, d) codebook with its rows sharded over mesh ``axis`` (NamedSharding P(axis, None)).
+
+    ``axis=None`` resolves the logical axis ``"codebook"`` with :func:`codebook_mesh_axes`.
+    """
+    axes = codebook_mesh_axes(rules, mesh) if axis is None else ((axis,) if isinstance(axis, str) else tuple(axis))
+    spec = P(axes if len(axes) > 1 else (axes[0] if axes else None), None)
+    return jax.device_put(codebook, NamedSharding(mesh, spec))
 
 
 def sharded_nearest_code(
     latents,
     codebook,
-    mesh: Mesh,
-    axis: str | tuple[str, ...] = "codebook",
+    mesh: Mesh | None = None,
+    axis: str | tuple[str, ...] | None = None,
     metric: str = "cosine",
     query_chunk: int | None = None,
     codebook_chunk: int | None = None,
+    rules=None,
 ):
     """:func:`nearest_code` with the codebook rows sharded over mesh ``axis``.
 
@@ -175,9 +197,25 @@ def sharded_nearest_code(
     (score, global index) per latent, and an all-gather of those two (N,) vectors over ``axis``
     picks the winner (ties: the lowest index, i.e. the first shard). The codebook is never
     gathered. K must be divisible by the axis size. latents (..., d) -> indices (...) int32.
+
+    ``mesh``/``axis`` default to the codebook's own ``NamedSharding`` (as placed by
+    :func:`shard_codebook`); ``axis`` may also come from logical ``rules`` (logical name
+    ``"codebook"``). A codebook that is not sharded falls back to :func:`nearest_code`.
     """
     _check_metric(metric)
+    if mesh is None:
+        sharding = getattr(codebook, "sharding", None)
+        if not isinstance(sharding, NamedSharding):
+            raise ValueError("pass mesh= or a codebook placed with a NamedSharding (see shard_codebook)")
+        mesh = sharding.mesh
+        if axis is None:
+            row_spec = sharding.spec[0] if len(sharding.spec) else None
+            axis = () if row_spec is None else row_spec
+    if axis is None:
+        axis = codebook_mesh_axes(rules, mesh)
     axes = (axis,) if isinstance(axis, str) else tuple(axis)
+    if not axes:
+        return nearest_code(latents, codebook, metric=metric, query_chunk=query_chunk, codebook_chunk=codebook_chunk)
     n_shards = int(np.prod([mesh.shape[a] for a in axes]))
     k = codebook.shape[0]
     if k % n_shards:

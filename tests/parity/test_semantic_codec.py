@@ -34,6 +34,13 @@ def test_semantic_codec_parity(path):
     assert_close(out["encoder_out"], case.outputs["encoder_out"].transpose(0, 2, 1), TOL, "encoder_out")
     assert_close(out["z_e"], case.outputs["projected_latents"].transpose(0, 2, 1), TOL, "z_e")
 
+    # bfloat16 encoder (accelerators): encoder output to bf16 precision, quantizer still float32
+    bf16 = sc.SemanticCodec(config, dtype=jnp.bfloat16).apply(
+        {"params": params}, features, method=sc.SemanticCodec.quantize_details
+    )
+    assert bf16["encoder_out"].dtype == jnp.bfloat16 and bf16["z_e"].dtype == jnp.float32
+    assert_close(bf16["encoder_out"], case.outputs["encoder_out"].transpose(0, 2, 1), 3e-2, "encoder_out (bf16)")
+
     codes, quantized = sc.codec_quantize(params, features, config)
     np.testing.assert_array_equal(np.asarray(codes), case.outputs["codes"])
     assert_close(quantized, case.outputs["quantized"], TOL, "codec_quantize")
