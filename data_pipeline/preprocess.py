@@ -18,7 +18,8 @@ What happens:
    ``num_workers`` processes (spawned, ``OMP_NUM_THREADS=1``, JAX on CPU, one XLA thread each).
 5. Each finished shard gets a ``.done`` file with its per-example index and skipped files; the
    merged ``report.json`` (counts, hours, each skipped file with its reason) is rewritten after
-   every shard, so it is complete once every host has finished.
+   every shard, so it is complete once every host has finished (should two hosts finish at the
+   same moment, ``--report_only --out DIR`` rebuilds it from the ``.done`` files).
 
 Every record holds ``id, speaker, speaker_index, text, language, duration, emotion, sample_rate,
 num_samples`` plus the outputs of the selected features.
@@ -538,7 +539,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clip_fraction", type=float, default=1e-3)
     p.add_argument("--mono", choices=("mix", "error"), default="mix", help="'error' rejects multi-channel audio")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--report_only", action="store_true",
+                   help="only merge the finished shards' .done files into report.json (e.g. after all hosts end)")
     a = p.parse_args(argv)
+    if a.report_only:
+        if not a.out:
+            p.error("--report_only needs --out")
+        report = write_report(a.out)
+        print(json.dumps({k: v for k, v in report.items() if k != "skipped"}, indent=1))
+        return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     config = load_config(a.config)
     manifest = a.manifest or config.data.manifest

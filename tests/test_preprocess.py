@@ -206,6 +206,9 @@ def test_cli(tmp_path):
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["complete"] and rep["total"]["examples"] == 4 and rep["features"] == ["mel_stacked"]
+    (out / "report.json").unlink()
+    assert pp.main(["--config", "configs/demo.py", "--out", str(out), "--report_only"]) == 0
+    assert json.loads((out / "report.json").read_text()) == rep
 
 
 def test_codec_roundtrip_and_refusals():

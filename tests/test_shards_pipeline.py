@@ -214,6 +214,9 @@ def test_s2mel_and_vocoder_crop_aligned(data):
             np.testing.assert_array_equal(batch["semantic_features"][row, :n], mel.reshape(n, 160))
             cropped += n == 128 and batch["duration"][row] > 3
     assert cropped == 1
+    c = make(data, stage="codec", num_epochs=1)
+    assert c.dropped == {} and set(c.batch_shapes()[0]) == {"valid", "record_index", "speaker_index", "duration",
+                                                            "semantic_features", "semantic_lengths"}
     v = make(data, stage="vocoder", num_epochs=1, length_buckets=(16,))
     for batch in v:
         assert batch["mel"].shape == (4, 16, 80) and batch["wave"].shape == (4, 16 * 256)
