@@ -137,3 +137,54 @@ def test_encode_to_codes_batched_equals_one_by_one():
         hidden = w2v_bert.w2v_bert_embed(w2v_params, feats, mask, *stats, w2v_cfg)[:, :n]
         want, _ = sc.codec_quantize(codec_params, hidden, codec_cfg)
         np.testing.assert_array_equal(got, np.asarray(want)[0])
+
+
+def test_w2v_bert_and_codec_sharded_equal_single_device():
+    """On 4 simulated CPU devices (mesh data=1, fsdp=2, tensor=2) with the project's logical-axis
+    rules, params placed from their logical names and activations constrained give the same
+    hidden states and exactly the same codes as one device."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    w2v_path = cases("w2v_bert")[0].values[0]
+    codec_path = cases("semantic_codec")[0].values[0]
+    get_case(w2v_path), get_case(codec_path)  # skip (or fail in CI) without fixtures
+    script = textwrap.dedent(
+        f"""
+        import jax, numpy as np, flax.linen as nn
+        from indextts2_jax import sharding
+        from indextts2_jax.models import w2v_bert, semantic_codec as sc
+        from tests.parity.cases import load_case
+        assert len(jax.devices()) == 4
+        from configs.common import LOGICAL_AXIS_RULES as rules
+        mesh = sharding.make_mesh({{"data": 1, "fsdp": 2, "tensor": 2}})
+        w, c = load_case({w2v_path!r}), load_case({codec_path!r})
+        wcfg = w2v_bert.W2VBertConfig.from_official(w.config)
+        ccfg = sc.SemanticCodecConfig.from_official(c.config)
+        wp, cp = w2v_bert.from_torch(w.params, wcfg), sc.from_torch(c.params, ccfg)
+        wm, cm = w2v_bert.W2VBert(wcfg), sc.SemanticCodec(ccfg)
+        x, m = w.inputs["input_features"], w.inputs["attention_mask"]
+        def place(model, params, *args):
+            boxed = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+            return jax.device_put(params, sharding.logical_shardings(boxed, mesh, rules))
+        wp_s = place(wm, wp, x[:, :4])
+        cp_s = place(cm, cp, c.inputs["features"][:, :4])
+        assert cp_s["quantizer"]["codebook"].sharding.spec[0] == "tensor"
+        w_apply = jax.jit(lambda p, x, m: wm.apply({{"params": p}}, x, m, return_all=False))
+        c_apply = jax.jit(lambda p, h: cm.apply({{"params": p}}, h, method=sc.SemanticCodec.quantize))
+        h1 = np.asarray(w_apply(wp, x, m)); codes1, q1 = c_apply(cp, c.inputs["features"])
+        with sharding.use_mesh(mesh, rules):
+            h4 = np.asarray(w_apply(wp_s, x, m)); codes4, q4 = c_apply(cp_s, c.inputs["features"])
+        assert np.abs(h4 - h1).max() <= 1e-5 * np.abs(h1).max(), np.abs(h4 - h1).max()
+        np.testing.assert_array_equal(np.asarray(codes4), np.asarray(codes1))
+        np.testing.assert_array_equal(np.asarray(codes4), c.outputs["codes"])
+        assert np.abs(np.asarray(q4) - np.asarray(q1)).max() <= 1e-5 * np.abs(np.asarray(q1)).max()
+        print("OK")
+        """
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-4000:]
