@@ -292,7 +292,10 @@ class AssembleBatch:
             from indextts2_jax.text.tokenizer import TextTokenizer
 
             self._tokenizer = TextTokenizer(self.bpe_model)
-        return np.asarray(self._tokenizer.encode(record["text"], check=False), np.int32)
+        from data_pipeline.preprocess import tokenizer_lang
+
+        lang = tokenizer_lang(record.get("language"))
+        return np.asarray(self._tokenizer.encode(record["text"], check=False, lang=lang), np.int32)
 
     def _semantic(self, record: Mapping[str, Any]) -> np.ndarray:
         return record[self.semantic_record_key]

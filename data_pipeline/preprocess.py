@@ -157,7 +157,20 @@ def _resample(wave: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
 def _feature_text_ids(ctx: _Context) -> dict[str, Any]:
     if ctx.tokenizer is None:
         raise RuntimeError("text_ids needs a BPE model (--bpe_model)")
-    return {"text_ids": np.asarray(ctx.tokenizer.encode(ctx.utt.text), np.int32)}
+    return {"text_ids": np.asarray(ctx.tokenizer.encode(ctx.utt.text, lang=tokenizer_lang(ctx.utt.language)),
+                                   np.int32)}
+
+
+def tokenizer_lang(language: str | None) -> str | None:
+    """The ``lang`` to pass to ``TextTokenizer.encode`` for a manifest language code.
+
+    "en"/"zh" (and unknown) -> None: the official per-text detection, so code-switched text still
+    takes the Chinese path when it holds CJK characters. Other codes (e.g. "ja", "de") are passed
+    on, so only the language-neutral normalization steps run for them.
+    """
+    if not language or language.split("-")[0].lower() in ("en", "zh"):
+        return None
+    return language
 
 
 def _feature_mel(ctx: _Context) -> dict[str, Any]:
