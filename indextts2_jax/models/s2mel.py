@@ -732,9 +732,17 @@ def estimate(est_params, config: S2MelConfig, x, prompt_x, x_lens, t, style, con
     With ``return_intermediates`` also returns ``{inter_name: array}`` in the official layouts
     (``inter_wavenet`` transposed to (B, H, T) as stored in the fixtures).
     """
+    return _estimate(est_params, config, jnp.asarray(x), jnp.asarray(prompt_x), jnp.asarray(x_lens),
+                     jnp.asarray(t, jnp.float32), jnp.asarray(style), jnp.asarray(cond),
+                     None if drop_condition is None else jnp.asarray(drop_condition), per_item_padding, dtype,
+                     return_intermediates)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "per_item_padding", "dtype", "return_intermediates"))
+def _estimate(est_params, config, x, prompt_x, x_lens, t, style, cond, drop_condition, per_item_padding, dtype,
+              return_intermediates):
     mod = DiT(config, dtype=dtype)
-    args = (x, prompt_x, jnp.asarray(x_lens), jnp.asarray(t, jnp.float32), style, cond, drop_condition,
-            per_item_padding)
+    args = (x, prompt_x, x_lens, t, style, cond, drop_condition, per_item_padding)
     if not return_intermediates:
         return mod.apply({"params": est_params}, *args)
     out, state = mod.apply({"params": est_params}, *args, mutable=["intermediates"])

@@ -16,7 +16,6 @@ Tolerances (max relative error = max|a-e| / max|e|, float32 on CPU):
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -325,10 +324,10 @@ def test_cfm_loss_decreases_with_adam():
         updates, s = opt.update(grads, s, p)
         return optax.apply_updates(p, updates), s, value
 
-    eval_keys = jax.random.split(jax.random.key(7), 4)
-    evaluate = jax.jit(lambda p: jnp.mean(jax.vmap(lambda k: loss(p, k))(eval_keys)))
-    before = float(evaluate(params))
-    for n in range(40):
-        params, state, _ = step(params, state, jax.random.fold_in(jax.random.key(9), n))
-    after = float(evaluate(params))
+    # One fixed noise/time draw: the objective is deterministic, so a few Adam steps must lower it.
+    key = jax.random.key(7)
+    params, state, before = step(params, state, key)
+    for _ in range(30):
+        params, state, after = step(params, state, key)
+    before, after = float(before), float(after)
     assert np.isfinite(after) and after < 0.9 * before, (before, after)
