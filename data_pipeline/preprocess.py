@@ -13,7 +13,8 @@ What happens:
    ``.done`` file are kept and skipped, so an interrupted run is restarted by running it again.
 3. Each utterance is validated: missing / undecodable / empty / silent / too short / too long /
    non-finite / clipped audio, channel layout, and text (empty, too many tokens). Bad ones are
-   skipped and listed with their reason; they are never fatal.
+   skipped and listed with their reason (the error class); they are never fatal. Any other
+   exception on one file is logged with its traceback and listed as ``"unexpected <Type>"``.
 4. The audio is resampled to 22.05 kHz and the selected features (:data:`FEATURES`) computed in
    ``num_workers`` processes (spawned, ``OMP_NUM_THREADS=1``, JAX on CPU, one XLA thread each).
 5. Each finished shard gets a ``.done`` file with its per-example index and skipped files; the
@@ -31,6 +32,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -319,6 +321,10 @@ class FeatureExtractor:
             return record, None
         except InputError as e:
             return None, {"id": utt.id, "audio_path": utt.audio_path, "reason": type(e).__name__, "message": str(e)}
+        except Exception as e:  # a decoder/resampler failure on one odd file must not end a long run
+            logging.getLogger(__name__).warning("%s (%s): unexpected error", utt.id, utt.audio_path, exc_info=True)
+            return None, {"id": utt.id, "audio_path": utt.audio_path, "reason": f"unexpected {type(e).__name__}",
+                          "message": f"{utt.audio_path}: {e!r}"}
 
     @staticmethod
     def index_entry(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -239,3 +239,14 @@ def test_channels(tmp_path):
     assert record is None and skip["reason"] == "ChannelError" and "2 channels" in skip["message"]
     record, skip = pp.FeatureExtractor(OPTIONS)(utt)  # default: mixed down to mono
     assert skip is None and record["num_samples"] == 22050
+
+
+def test_unexpected_error_is_reported_not_fatal(tmp_path, monkeypatch):
+    manifest = make_corpus(tmp_path, num_speakers=1, per_speaker=1, bad=False)
+
+    def boom(ctx):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setitem(pp.FEATURES, "mel", dataclasses.replace(pp.FEATURES["mel"], compute=boom))
+    record, skip = pp.FeatureExtractor(OPTIONS)(read_manifest(manifest)[0])
+    assert record is None and skip["reason"] == "unexpected RuntimeError" and "decoder exploded" in skip["message"]
