@@ -804,6 +804,11 @@ def cfm_inference(est_params, config: S2MelConfig, mu, x_lens, prompt, style, n_
     style and mu), ``v = (1 + r) v_cond - r v_uncond``, ``x += dt v`` and re-zeroes the prompt frames.
     ``return_trajectory`` also returns ``{"step_x", "step_t", "step_dphi_cond", "step_dphi_uncond"}``
     (per step; ``step_dphi_uncond`` is zeros when ``cfg_rate == 0``).
+
+    ``per_item_padding`` (default True): the WaveNet reflects at each item's ``x_lens`` so a padded item
+    equals its own unpadded run. It changes nothing when ``x_lens`` equals T (infer_v2's B=1 call);
+    False reproduces the official treatment of padded inputs (reflect at T).
+    ``dtype`` is the estimator's compute dtype (bfloat16 on accelerators); x stays float32.
     """
     mu = jnp.asarray(mu)
     b, t_len, _ = mu.shape

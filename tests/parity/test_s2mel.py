@@ -331,3 +331,18 @@ def test_cfm_loss_decreases_with_adam():
         params, state, after = step(params, state, key)
     before, after = float(before), float(after)
     assert np.isfinite(after) and after < 0.9 * before, (before, after)
+
+
+def test_reflect_pad_matches_sconv1d_pad1d():
+    """SConv1d's pad1d(mode='reflect') zero-extends sequences no longer than the padding before reflecting."""
+
+    def pad1d_reference(x, left, right):
+        extra = max(left, right) - len(x) + 1 if len(x) <= max(left, right) else 0
+        padded = np.pad(np.pad(x, (0, extra)), (left, right), mode="reflect")
+        return padded[: len(padded) - extra]
+
+    for t in (1, 2, 5):
+        x = np.arange(1, t + 1, dtype=np.float32)
+        for left, right in ((2, 2), (4, 4)):
+            got = np.asarray(s2mel.reflect_pad_time(x[None, :, None], np.array([t]), left, right))[0, :, 0]
+            np.testing.assert_array_equal(got, pad1d_reference(x, left, right), err_msg=f"T={t} pad={left},{right}")
