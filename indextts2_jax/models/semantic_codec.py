@@ -421,7 +421,11 @@ def encode_to_codes(
     mean, var = (np.asarray(s, np.float32) for s in stats)
     n_needed = w2v_config.layers_for_embedding
     w2v_params = dict(w2v_params)
-    w2v_params["encoder"] = {f"layers_{i}": w2v_params["encoder"][f"layers_{i}"] for i in range(n_needed)}
+    have = w2v_params.get("encoder", {})
+    missing = [i for i in range(n_needed) if f"layers_{i}" not in have]
+    if missing:
+        raise ConfigError(f"encode_to_codes needs w2v-BERT layers 0..{n_needed - 1}; the params lack layers {missing}")
+    w2v_params["encoder"] = {f"layers_{i}": have[f"layers_{i}"] for i in range(n_needed)}
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     out: list[np.ndarray | None] = [None] * len(waves)
     for start in range(0, len(order), batch_size):
