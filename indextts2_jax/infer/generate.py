@@ -88,10 +88,8 @@ class GenerateOutput(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # logits processors (HF semantics)
 # ---------------------------------------------------------------------------------------------
-def apply_repetition_penalty(scores: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+def apply_repetition_penalty(scores: jax.Array, seen: jax.Array, penalty) -> jax.Array:
     """For ids in ``seen`` (B, V) bool: score < 0 -> score * penalty, else score / penalty."""
-    if penalty == 1.0:
-        return scores
     penalized = jnp.where(scores < 0, scores * penalty, scores / penalty)
     return jnp.where(seen, penalized, scores)
 
@@ -108,8 +106,6 @@ def apply_top_k(scores: jax.Array, top_k: int, min_tokens_to_keep: int = 1) -> j
 def apply_top_p(scores: jax.Array, top_p: float, min_tokens_to_keep: int = 1) -> jax.Array:
     """HF TopP: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, keep the
     ``min_tokens_to_keep`` most likely."""
-    if top_p >= 1.0:
-        return scores
     order = jnp.argsort(scores, axis=-1)  # ascending
     sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
     cum = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
@@ -133,15 +129,37 @@ def apply_exact_count(scores: jax.Array, step: jax.Array, target_tokens: jax.Arr
     return jnp.where(forced, jnp.where(is_stop, 0.0, NEG_INF), scores)
 
 
-def process_scores(scores, seen, step, target_tokens, decode: DecodeConfig, stop: int, min_keep: int):
-    """repetition penalty -> exact count -> (sampling only) temperature -> top-k -> top-p."""
-    scores = apply_repetition_penalty(scores, seen, decode.repetition_penalty)
+class _Static(NamedTuple):
+    """The settings that shape the compiled program (the float knobs are traced, see ``_knobs``)."""
+
+    max_new_tokens: int
+    do_sample: bool
+    num_beams: int
+    top_k: int
+    use_top_p: bool
+    return_logits: bool
+
+
+def _split(decode: DecodeConfig) -> tuple[_Static, dict]:
+    static = _Static(decode.max_new_tokens, decode.do_sample, decode.num_beams, decode.top_k,
+                     decode.do_sample and decode.top_p < 1.0, decode.return_logits)
+    knobs = {name: jnp.float32(getattr(decode, name))
+             for name in ("temperature", "top_p", "repetition_penalty", "length_penalty")}
+    return static, knobs
+
+
+def process_scores(scores, seen, step, target_tokens, static: _Static, knobs: dict, stop: int, min_keep: int):
+    """repetition penalty -> exact count -> (sampling only) temperature -> top-k -> top-p.
+
+    A penalty of 1 and a temperature of 1 are exact no-ops, so they are applied unconditionally.
+    """
+    scores = apply_repetition_penalty(scores, seen, knobs["repetition_penalty"])
     scores = apply_exact_count(scores, step, target_tokens, stop)
-    if decode.do_sample:
-        if decode.temperature != 1.0:
-            scores = scores / decode.temperature
-        scores = apply_top_k(scores, decode.top_k, min_keep)
-        scores = apply_top_p(scores, decode.top_p, min_keep)
+    if static.do_sample:
+        scores = scores / knobs["temperature"]
+        scores = apply_top_k(scores, static.top_k, min_keep)
+        if static.use_top_p:
+            scores = apply_top_p(scores, knobs["top_p"], min_keep)
     return scores
 
 
@@ -201,13 +219,13 @@ def _lengths(codes: jax.Array, stop: int) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # greedy / sampling
 # ---------------------------------------------------------------------------------------------
-def _decode_single(runner: _Runner, decode: DecodeConfig, logits0, caches, key_valid, rng, target_tokens):
+def _decode_single(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens):
     cfg = runner.model.config
     stop, n = cfg.stop_mel_token, decode.max_new_tokens
     b, v = logits0.shape
 
     def select(logits, seen, step):
-        scores = process_scores(logits, seen, step, target_tokens, decode, stop, 1)
+        scores = process_scores(logits, seen, step, target_tokens, decode, knobs, stop, 1)
         if decode.do_sample:
             token = jax.random.categorical(jax.random.fold_in(rng, step), scores, axis=-1)
         else:
@@ -295,12 +313,12 @@ def _hyp_worst(h: dict, num_beams: int) -> jax.Array:
     return jnp.min(jnp.where(valid, h["scores"], jnp.inf), axis=1)
 
 
-def _decode_beam(runner: _Runner, decode: DecodeConfig, logits0, caches, key_valid, rng, target_tokens):
+def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens):
     cfg = runner.model.config
     stop, n, k_beams = cfg.stop_mel_token, decode.max_new_tokens, decode.num_beams
     b, v = logits0.shape
     bk = b * k_beams
-    lp = decode.length_penalty
+    lp = knobs["length_penalty"]
 
     def expand(x):
         return jnp.repeat(x, k_beams, axis=0)
@@ -312,7 +330,7 @@ def _decode_beam(runner: _Runner, decode: DecodeConfig, logits0, caches, key_val
 
     def process(state, logits, step):
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        proc = process_scores(logp, state["seen"], step, targets_bk, decode, stop, 2)
+        proc = process_scores(logp, state["seen"], step, targets_bk, decode, knobs, stop, 2)
         total = (proc + state["beam_scores"].reshape(bk, 1)).reshape(b, k_beams * v)
         n_cand = 2 * k_beams
         if decode.do_sample:
@@ -418,17 +436,16 @@ def _decode_beam(runner: _Runner, decode: DecodeConfig, logits0, caches, key_val
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
-def _generate(model: UnifiedVoice, decode: DecodeConfig, params, conds, text_ids, text_lengths, rng, target_tokens):
+def _generate(model: UnifiedVoice, decode: _Static, knobs, params, conds, text_ids, text_lengths, rng,
+              target_tokens):
     prefix, prefix_mask = model.apply({"params": params}, conds, text_ids, text_lengths,
                                       method=UnifiedVoice.generation_prefix)
     s = prefix.shape[1]
     runner = _Runner(model, params, s, s + decode.max_new_tokens)
     logits0, caches, key_valid = runner.prefill(prefix, prefix_mask)
-    if target_tokens is not None:
-        target_tokens = jnp.asarray(target_tokens, jnp.int32)
     if decode.num_beams == 1:
-        return _decode_single(runner, decode, logits0, caches, key_valid, rng, target_tokens)
-    return _decode_beam(runner, decode, logits0, caches, key_valid, rng, target_tokens)
+        return _decode_single(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens)
+    return _decode_beam(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens)
 
 
 _generate_jit = jax.jit(_generate, static_argnums=(0, 1))
@@ -455,7 +472,13 @@ def generate(model: UnifiedVoice, params, conds: jax.Array, text_ids: jax.Array,
         raise ConfigError("sampling needs a PRNG key: generate(..., rng=jax.random.key(seed))")
     if rng is None:
         rng = jax.random.PRNGKey(0)
-    return _generate_jit(model, decode, params, conds, jnp.asarray(text_ids), text_lengths, rng, target_tokens)
+    text_ids = jnp.asarray(text_ids)
+    b, length = text_ids.shape
+    # always arrays, so that calls with and without them share one compiled program
+    text_lengths = jnp.full((b,), length, jnp.int32) if text_lengths is None else jnp.asarray(text_lengths, jnp.int32)
+    target_tokens = jnp.zeros((b,), jnp.int32) if target_tokens is None else jnp.asarray(target_tokens, jnp.int32)
+    static, knobs = _split(decode)
+    return _generate_jit(model, static, knobs, params, conds, text_ids, text_lengths, rng, target_tokens)
 
 
 def trim_codes(output: GenerateOutput) -> list[np.ndarray]:
