@@ -1,0 +1,146 @@
+"""T2S (UnifiedVoice GPT) decoding speed: tokens/s, time to first token, compile time, peak memory.
+
+Random weights at the official size (model_dim 1280, 24 layers, 20 heads, 8194 codes) by default, or a
+tiny model with ``--tiny``. Every generation is forced to emit exactly ``--new-tokens`` codes (the
+exact-count mode), so runs are comparable. The whole decode is one jitted call (prefill + while_loop).
+
+Usage::
+
+    python -m benchmarks.gpt_decode --tiny                       # smoke run (CPU, seconds)
+    python -m benchmarks.gpt_decode --batch 1 8 --new-tokens 500  # official size (GPU/TPU, or a big CPU)
+    python -m benchmarks.gpt_decode --beams 3 --sample            # infer_v2's default decoding
+    python -m benchmarks.gpt_decode --dtype bfloat16              # bf16 compute, f32 params
+
+Columns: ``batch``; ``mode``; ``compile s`` (lower + compile of the whole generate program);
+``ttft s`` (time to the first code: prefill + first selection, steady state); ``decode s`` (the
+timed generation of N codes, median of ``--repeats``); ``tok/s/seq`` (N / decode s: speed of one
+sequence) and ``tok/s`` (batch x N / decode s: throughput); ``peak mem`` (process RSS high-water mark on
+CPU; the device's ``peak_bytes_in_use`` on accelerators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from indextts2_jax.infer.generate import DecodeConfig, _generate_jit, _split, generate
+from indextts2_jax.models.gpt import ConditionModuleConfig, UnifiedVoice, UnifiedVoiceConfig, abstract_params
+
+
+def tiny_config() -> UnifiedVoiceConfig:
+    cond = ConditionModuleConfig(output_size=16, linear_units=32, attention_heads=2, num_blocks=1, perceiver_mult=2)
+    return UnifiedVoiceConfig(model_dim=64, layers=2, heads=4, max_mel_tokens=600, max_text_tokens=64,
+                              number_text_tokens=100, number_mel_codes=130, start_mel_token=128, stop_mel_token=129,
+                              condition_module=cond, emo_condition_module=cond)
+
+
+def random_params(cfg: UnifiedVoiceConfig, seed: int = 0) -> dict:
+    """Random params (normal, std 0.02; 1-D gains/biases around 1) made on device by one jitted call."""
+    shapes = abstract_params(cfg)
+    leaves, treedef = jax.tree.flatten(shapes)
+
+    @jax.jit
+    def make(key):
+        keys = jax.random.split(key, len(leaves))
+        out = []
+        for k, leaf in zip(keys, leaves):
+            noise = 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)
+            out.append(noise + 1.0 if len(leaf.shape) == 1 else noise)
+        return jax.tree.unflatten(treedef, out)
+
+    return make(jax.random.PRNGKey(seed))
+
+
+def peak_memory() -> str:
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB (device)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
+
+
+def run(args) -> list[dict]:
+    cfg = tiny_config() if args.tiny else UnifiedVoiceConfig()
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = UnifiedVoice(cfg, dtype=dtype)
+    params = random_params(cfg)
+    n = args.new_tokens
+    decode = DecodeConfig(max_new_tokens=n + 1, num_beams=args.beams, do_sample=args.sample,
+                          repetition_penalty=args.repetition_penalty)
+    first = DecodeConfig(max_new_tokens=1, num_beams=args.beams, do_sample=args.sample,
+                         repetition_penalty=args.repetition_penalty)
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch in args.batch:
+        conds = jnp.asarray(rng.normal(0, 1, (batch, cfg.cond_rows, cfg.model_dim)), dtype)
+        text = jnp.asarray(rng.integers(2, cfg.number_text_tokens, (batch, args.text_len)), jnp.int32)
+        lengths = jnp.full((batch,), args.text_len, jnp.int32)
+        target = jnp.full((batch,), n, jnp.int32)
+        key = jax.random.PRNGKey(1)
+
+        static, knobs = _split(decode)
+        t0 = time.perf_counter()
+        compiled = _generate_jit.lower(model, static, knobs, params, conds, text, lengths, key, target).compile()
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = compiled(knobs, params, conds, text, lengths, key, target)
+            jax.block_until_ready(out.codes)
+            times.append(time.perf_counter() - t0)
+        assert (np.asarray(out.lengths) == n).all(), "exact-count mode did not give N codes"
+
+        generate(model, params, conds, text, lengths, decode=first, rng=key)  # compile the 1-token program
+        ttft = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(generate(model, params, conds, text, lengths, decode=first, rng=key).codes)
+            ttft.append(time.perf_counter() - t0)
+        decode_s = statistics.median(times)
+        mode = f"beam{args.beams}" if args.beams > 1 else "greedy"
+        mode += "+sample" if args.sample else ""
+        rows.append({
+            "batch": batch, "mode": mode, "compile s": f"{compile_s:.2f}", "ttft s": f"{statistics.median(ttft):.4f}",
+            "decode s": f"{decode_s:.3f}", "tok/s/seq": f"{n / decode_s:.1f}", "tok/s": f"{batch * n / decode_s:.1f}",
+            "peak mem": peak_memory(),
+        })
+    return rows
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print(title)
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)) + " |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the official size")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=100, help="codes generated per sequence (forced)")
+    parser.add_argument("--text-len", type=int, default=30, help="BPE tokens of text per sequence")
+    parser.add_argument("--beams", type=int, default=1)
+    parser.add_argument("--sample", action="store_true", help="sample (top-k 30, top-p 0.8, T 0.8) instead of argmax")
+    parser.add_argument("--repetition-penalty", type=float, default=10.0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = run(args)
+    size = "tiny" if args.tiny else "official 1280/24/20"
+    print_table(rows, f"UnifiedVoice decode, {size}, {args.dtype}, {args.new_tokens} codes, text {args.text_len}, "
+                      f"device {jax.devices()[0].device_kind}")
+
+
+if __name__ == "__main__":
+    main()
