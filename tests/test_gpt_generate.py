@@ -88,11 +88,15 @@ def make_reference_logits(model, conds, text):
         return model.apply({"params": params}, last, method=UnifiedVoice.mel_logits)[:, 0]
 
     def logits(params, rows, seqs):
-        tokens = np.full((len(seqs), max_len), STOP, np.int32)
+        width = 6  # every call padded to 6 rows: one compile for greedy (2 rows) and beam (2 x 3 rows)
+        tokens = np.full((width, max_len), STOP, np.int32)
         for i, seq in enumerate(seqs):
             tokens[i, : len(seq)] = seq
-        counts = np.array([len(s) for s in seqs], np.int32)
-        return np.asarray(run(params, jnp.asarray(rows), jnp.asarray(tokens), jnp.asarray(counts)))
+        counts = np.zeros(width, np.int32)
+        counts[: len(seqs)] = [len(s) for s in seqs]
+        rows = np.concatenate([rows, np.zeros(width - len(rows), rows.dtype)])
+        out = run(params, jnp.asarray(rows), jnp.asarray(tokens), jnp.asarray(counts))
+        return np.asarray(out)[: len(seqs)]
 
     return logits
 
@@ -300,15 +304,7 @@ def test_loss_matches_numpy_and_has_gradients(setup):
         "mel_codes": jnp.asarray(rng.integers(0, 24, (2, 7)), jnp.int32),
         "mel_lengths": jnp.asarray([5, 7]),
     }
-    names = ["spk_features", "spk_lengths", "emo_features", "emo_lengths", "text_ids", "text_lengths", "mel_codes",
-             "mel_lengths"]
-
-    @jax.jit
-    def forward(p, b):  # the pure loss of a raw batch, and the outputs it is made of
-        outputs = model.apply({"params": p}, *[b[k] for k in names])
-        return gpt_loss(model, p, b, text_weight=0.3, mel_weight=1.0), outputs
-
-    (loss, parts), out = forward(params, batch)
+    (loss, parts, out) = jax.jit(lambda p, b: gpt_loss(model, p, b, 0.3, 1.0, return_outputs=True))(params, batch)
 
     @jax.jit
     @jax.grad
@@ -365,3 +361,40 @@ def test_duration_control_slot(setup):
     np.testing.assert_array_equal(out[0, 33], 0.0)  # free mode: p = 0
     np.testing.assert_allclose(out[1, 33], table[5])
     np.testing.assert_allclose(out[2, 33], table[9])
+
+
+def test_official_config_and_shapes():
+    """config.yaml's gpt section gives the official defaults and the checkpoint shapes of reference §3.3."""
+    gpt_section = dict(
+        model_dim=1280, max_mel_tokens=1815, max_text_tokens=600, heads=20, use_mel_codes_as_input=True,
+        mel_length_compression=1024, layers=24, number_text_tokens=12000, number_mel_codes=8194,
+        start_mel_token=8192, stop_mel_token=8193, start_text_token=0, stop_text_token=1,
+        train_solo_embeddings=False, condition_type="conformer_perceiver",
+        condition_module=dict(output_size=512, linear_units=2048, attention_heads=8, num_blocks=6,
+                              input_layer="conv2d2", perceiver_mult=2),
+        emo_condition_module=dict(output_size=512, linear_units=1024, attention_heads=4, num_blocks=4,
+                                  input_layer="conv2d2", perceiver_mult=2),
+    )
+    cfg = UnifiedVoiceConfig.from_official(gpt_section)
+    assert cfg == UnifiedVoiceConfig()
+    with pytest.raises(ConfigError):
+        UnifiedVoiceConfig.from_official(dict(gpt_section, condition_type="perceiver"))
+    with pytest.raises(ConfigError):
+        UnifiedVoiceConfig.from_official(dict(gpt_section, bogus=1))
+    shapes = jax.tree.map(lambda x: tuple(x.shape), abstract_params(cfg))
+    assert shapes["text_embedding"]["embedding"] == (12001, 1280)
+    assert shapes["text_pos_embedding"]["embedding"] == (602, 1280)
+    assert shapes["mel_embedding"]["embedding"] == (8194, 1280)
+    assert shapes["mel_pos_embedding"]["embedding"] == (1818, 1280)
+    assert shapes["speed_emb"]["embedding"] == (2, 1280)
+    assert shapes["gpt"]["h_23"]["attn"]["c_attn"]["kernel"] == (1280, 3840)
+    assert shapes["gpt"]["h_23"]["mlp"]["c_fc"]["kernel"] == (1280, 5120)
+    assert shapes["conditioning_encoder"]["embed"]["out"]["kernel"] == (261632, 512)
+    assert shapes["conditioning_encoder"]["encoders_5"]["self_attn"]["pos_bias_u"] == (8, 64)
+    assert shapes["emo_conditioning_encoder"]["encoders_3"]["self_attn"]["pos_bias_u"] == (4, 128)
+    assert shapes["perceiver_encoder"]["layers_1_ff"]["proj_in"]["kernel"] == (1280, 3412)
+    assert shapes["emo_perceiver_encoder"]["layers_1_ff"]["proj_out"]["kernel"] == (1365, 1024)
+    assert shapes["emo_perceiver_encoder"]["latents"] == (1, 1024)
+    assert shapes["emovec_layer"]["kernel"] == (1024, 1280)
+    n_params = sum(int(np.prod(s)) for s in jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))
+    assert 0.86e9 < n_params < 0.87e9  # 866 M (official-cpu-baseline.md)

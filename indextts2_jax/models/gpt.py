@@ -382,13 +382,16 @@ def t2s_loss(outputs: Mapping, text_lengths: jax.Array, mel_lengths: jax.Array, 
     return loss, {"text_ce": text_ce, "mel_ce": mel_ce, "text_acc": text_acc, "mel_acc": mel_acc}
 
 
-def gpt_loss(model: UnifiedVoice, params, batch: Mapping, text_weight: float = 0.01, mel_weight: float = 1.0):
+def gpt_loss(model: UnifiedVoice, params, batch: Mapping, text_weight: float = 0.01, mel_weight: float = 1.0,
+             return_outputs: bool = False):
     """Pure loss of a batch: keys ``spk_features, spk_lengths, emo_features, emo_lengths, text_ids, text_lengths,
-    mel_codes, mel_lengths`` (optional ``target_tokens``). Returns (loss, parts)."""
+    mel_codes, mel_lengths`` (optional ``emovec``, ``target_tokens``). Returns (loss, parts), or
+    (loss, parts, model outputs) with ``return_outputs``."""
     out = model.apply({"params": params}, batch["spk_features"], batch["spk_lengths"], batch["emo_features"],
                       batch["emo_lengths"], batch["text_ids"], batch["text_lengths"], batch["mel_codes"],
-                      batch["mel_lengths"], target_tokens=batch.get("target_tokens"))
-    return t2s_loss(out, batch["text_lengths"], batch["mel_lengths"], text_weight, mel_weight)
+                      batch["mel_lengths"], emovec=batch.get("emovec"), target_tokens=batch.get("target_tokens"))
+    loss, parts = t2s_loss(out, batch["text_lengths"], batch["mel_lengths"], text_weight, mel_weight)
+    return (loss, parts, out) if return_outputs else (loss, parts)
 
 
 # ---------------------------------------------------------------------------------------------
