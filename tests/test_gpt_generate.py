@@ -398,3 +398,12 @@ def test_official_config_and_shapes():
     assert shapes["emovec_layer"]["kernel"] == (1024, 1280)
     n_params = sum(int(np.prod(s)) for s in jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))
     assert 0.86e9 < n_params < 0.87e9  # 866 M (official-cpu-baseline.md)
+
+
+def test_lengths_beyond_position_tables_are_refused(setup):
+    model, params, conds, _ = setup
+    too_long = jnp.full((2, CFG.max_text_tokens + 1), 5, jnp.int32)
+    with pytest.raises(ConfigError, match="max_text_tokens"):
+        model.apply({"params": params}, conds, too_long, method=UnifiedVoice.generation_prefix)
+    with pytest.raises(ConfigError, match="mel position"):
+        generate(model, params, conds, too_long[:, :4], decode=DecodeConfig.greedy(CFG.max_mel_tokens + 2))

@@ -252,6 +252,13 @@ class UnifiedVoice(nn.Module):
             last = jnp.where((target_tokens > 0)[:, None, None], self.mel_pos_embedding(t)[:, None], 0.0)
         return jnp.concatenate([body, row1.astype(self.dtype), last.astype(self.dtype)], axis=1)
 
+    def _check_lengths(self, text_len: int, mel_len: int) -> None:
+        """Position tables are finite; an out-of-range lookup would silently give NaN rows, so refuse."""
+        if text_len > self.config.text_positions:
+            raise ConfigError(f"text of {text_len - 2} tokens exceeds max_text_tokens={self.config.max_text_tokens}")
+        if mel_len > self.config.mel_positions:
+            raise ConfigError(f"{mel_len - 2} mel codes exceed the mel position table ({self.config.mel_positions})")
+
     # -- embeddings -----------------------------------------------------------------------------
     def embed_mel(self, codes: jax.Array, positions: jax.Array) -> jax.Array:
         """mel_embedding(codes) + mel_pos_embedding(positions); same shapes (B, S) -> (B, S, D)."""
@@ -268,6 +275,7 @@ class UnifiedVoice(nn.Module):
         """
         cfg = self.config
         b, length = text_ids.shape
+        self._check_lengths(length + 2, 0)
         valid = (text_ids != cfg.start_text_token) & (text_ids != cfg.stop_text_token)
         if text_lengths is not None:
             valid &= jnp.arange(length)[None, :] < text_lengths[:, None]
@@ -317,6 +325,7 @@ class UnifiedVoice(nn.Module):
         mel_inputs = jnp.concatenate([jnp.full((b, 1), cfg.start_mel_token, mel.dtype), mel], axis=1)
         mel_targets = jnp.concatenate([mel, jnp.full((b, 1), cfg.stop_mel_token, mel.dtype)], axis=1)
         lt, lm = text_inputs.shape[1], mel_inputs.shape[1]
+        self._check_lengths(lt, lm)
         text_emb = self.embed_text(text_inputs, jnp.broadcast_to(jnp.arange(lt), text_inputs.shape))
         mel_emb = self.embed_mel(mel_inputs, jnp.broadcast_to(jnp.arange(lm), mel_inputs.shape))
         x = jnp.concatenate([conds.astype(self.dtype), text_emb, mel_emb], axis=1)

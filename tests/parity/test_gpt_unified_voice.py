@@ -115,3 +115,31 @@ def test_generation(case_path):
         expected = out["gen_beam3_codes"]
         np.testing.assert_array_equal(np.asarray(res.codes)[:, : expected.shape[1]], expected)
         assert_close(res.sequence_scores, out["gen_beam3_sequence_scores"], TOL, "beam sequence score")
+
+
+def test_converter_is_strict():
+    """Known extras are ignored, a nested {"model": ...} dict is accepted, anything else fails loudly."""
+    from indextts2_jax.errors import CheckpointError
+
+    case_path = cases("gpt_unified_voice")[0].values[0]
+    case = get_case(case_path)
+    cfg = UnifiedVoiceConfig.from_official(case.config)
+    sd = dict(case.params)
+    extras = {
+        "gpt.h.0.attn.bias": np.tril(np.ones((1, 1, 4, 4), bool)),
+        "gpt.h.0.attn.masked_bias": np.float32(-1e4),
+        "inference_model.lm_head.1.weight": sd["mel_head.weight"],
+        "gpt.wte.weight": sd["mel_embedding.weight"],
+    }
+    params = from_torch({"model": {**sd, **extras}}, cfg)
+    np.testing.assert_array_equal(params["mel_head"]["kernel"], sd["mel_head.weight"].T)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        from_torch({**sd, "lang_embedding.weight": np.zeros((3, cfg.model_dim), np.float32)}, cfg)
+    missing = dict(sd)
+    del missing["speed_emb.weight"]
+    with pytest.raises(CheckpointError, match="speed_emb"):
+        from_torch(missing, cfg)
+    bad_pe = dict(sd)
+    bad_pe["conditioning_encoder.embed.pos_enc.pe"] = sd["conditioning_encoder.embed.pos_enc.pe"] + 1.0
+    with pytest.raises(CheckpointError, match="sinusoid"):
+        from_torch(bad_pe, cfg)
