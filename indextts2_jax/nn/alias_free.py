@@ -147,17 +147,43 @@ def downsample_phases(phases: Sequence[Array], taps: Sequence[float]) -> Array:
     return _fir(phases, terms)
 
 
+# pi split in three parts (Cody-Waite): k * _PI_HI is exact for |k| < 2**16, so y - k*pi loses no bits.
+_PI_HI = np.float32(3.140625)
+_PI_MID = np.float32(9.67502593994140625e-4)
+_PI_LO = np.float32(1.509957990978376432e-7)
+# Taylor coefficients of sin(r)/r in r^2, highest first; truncation error < 6e-8 on |r| <= pi/2.
+_SIN_COEFFS = tuple(np.float32(c) for c in (-1 / 39916800, 1 / 362880, -1 / 5040, 1 / 120, -1 / 6, 1.0))
+
+
+def sin_squared(y: Array) -> Array:
+    """``sin(y)^2`` from elementwise arithmetic only (float32 in, float32 out).
+
+    sin^2 has period pi, so ``y`` is reduced to ``r = y - k*pi`` in [-pi/2, pi/2] and ``sin(r)`` is a degree-11
+    odd polynomial. XLA's CPU ``sin`` does not vectorise (about 60x slower than this on a 2.6M-element array,
+    where it dominated BigVGAN's activations); this form fuses and vectorises on every backend. Absolute
+    error < 5e-7 for |y| < 3000 (float32 ``jnp.sin(y)**2``: < 1e-7); accuracy degrades for |y| >> 1e4.
+    """
+    k = jnp.round(y * np.float32(1 / np.pi))
+    r = ((y - k * _PI_HI) - k * _PI_MID) - k * _PI_LO
+    r2 = r * r
+    poly = _SIN_COEFFS[0]
+    for c in _SIN_COEFFS[1:]:
+        poly = poly * r2 + c
+    s = r * poly
+    return s * s
+
+
 def snake(x: Array, alpha: Array, logscale: bool) -> Array:
     """Snake: ``x + sin(a x)^2 / (a + 1e-9)``, ``a = exp(alpha)`` if ``logscale``. alpha: (C,)."""
     a = jnp.exp(alpha) if logscale else alpha
-    return x + jnp.sin(x * a) ** 2 / (a + 1e-9)
+    return x + sin_squared(x * a) / (a + 1e-9)
 
 
 def snake_beta(x: Array, alpha: Array, beta: Array, logscale: bool) -> Array:
     """SnakeBeta: ``x + sin(a x)^2 / (b + 1e-9)``, ``a, b = exp(alpha), exp(beta)`` if ``logscale``. (C,) each."""
     if logscale:
         alpha, beta = jnp.exp(alpha), jnp.exp(beta)
-    return x + jnp.sin(x * alpha) ** 2 / (beta + 1e-9)
+    return x + sin_squared(x * alpha) / (beta + 1e-9)
 
 
 def anti_aliased(

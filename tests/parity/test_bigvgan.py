@@ -16,7 +16,7 @@ import pytest
 
 from indextts2_jax.errors import CheckpointError, ConfigError
 from indextts2_jax.models.bigvgan import BigVGAN, BigVGANConfig, ConvTranspose1d, from_torch
-from indextts2_jax.nn.alias_free import anti_aliased, default_resample_filter, kaiser_sinc_filter
+from indextts2_jax.nn.alias_free import anti_aliased, default_resample_filter, kaiser_sinc_filter, sin_squared
 from tests.parity.cases import assert_close, cases, get_case
 
 TOL = 1e-5
@@ -105,3 +105,12 @@ def test_official_defaults():
     config = BigVGANConfig()
     assert config.hop_length == 256 and config.stage_channels(5) == 24
     assert BigVGANConfig.from_official({}).use_tanh_at_final  # official code defaults to tanh when unset
+
+
+def test_sin_squared_accuracy():
+    y = np.concatenate([np.linspace(-3000, 3000, 200001), np.linspace(-4, 4, 10001)]).astype(np.float32)
+    got = np.asarray(jax.jit(sin_squared)(jnp.asarray(y)))
+    expected = np.sin(y.astype(np.float64)) ** 2
+    assert np.max(np.abs(got - expected)) < 5e-7
+    grad = np.asarray(jax.jit(jax.vmap(jax.grad(sin_squared)))(jnp.asarray(y[-10001:])))
+    np.testing.assert_allclose(grad, np.sin(2 * y[-10001:].astype(np.float64)), atol=2e-6)
