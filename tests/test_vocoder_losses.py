@@ -13,14 +13,24 @@ import numpy as np
 import optax
 
 from indextts2_jax.models.bigvgan import BigVGAN, BigVGANConfig
-from indextts2_jax.models.discriminators import DiscriminatorConfig, VocoderDiscriminator, WNConv2d, split_real_fake
+from indextts2_jax.models.discriminators import (
+    DiscriminatorConfig,
+    VocoderDiscriminator,
+    WNConv2d,
+    cqt,
+    resample_up,
+    split_real_fake,
+)
 from indextts2_jax.models.discriminators import stft_magnitude as mrd_stft_magnitude
 from indextts2_jax.train import vocoder_losses as vl
 
 TINY_MEL = vl.MelLossConfig(window_lengths=(32, 64, 128), n_mels=(5, 10, 20))
-TINY_DISC = DiscriminatorConfig(mpd_reshapes=(2, 3), discriminator_channel_mult=0.125, resolutions=((128, 32, 64),))
-# The smallest shapes that still exercise every kind of layer (kept small for compile time).
-TRAIN_DISC = DiscriminatorConfig(mpd_reshapes=(3,), discriminator_channel_mult=0.125, resolutions=((128, 32, 64),))
+TINY_MRD = DiscriminatorConfig(mpd_reshapes=(2, 3), discriminator_channel_mult=0.125, use_cqtd_instead_of_mrd=False,
+                               resolutions=((128, 32, 64),))
+# CQTD with 3 octaves of 12 bins from 2093 Hz (top bin ~15.8 kHz at the 44.1 kHz up-sampled rate): short kernels.
+TINY_CQTD = DiscriminatorConfig(mpd_reshapes=(3,), discriminator_channel_mult=0.125, cqtd_filters=8,
+                                cqtd_max_filters=8, cqtd_dilations=(1, 2), cqtd_hop_lengths=(64,),
+                                cqtd_n_octaves=(3,), cqtd_bins_per_octaves=(12,), cqtd_fmin=32.70 * 2**6)
 TINY_GEN = BigVGANConfig(num_mels=16, upsample_rates=(8,), upsample_kernel_sizes=(16,), upsample_initial_channel=32,
                          resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
 
@@ -111,16 +121,42 @@ def test_mrd_stft_rectangular_window():
 
 
 def test_discriminator_outputs():
-    disc = VocoderDiscriminator(TINY_DISC)
+    disc = VocoderDiscriminator(TINY_MRD)
     wav = jax.random.normal(jax.random.key(0), (2, 1001)) * 0.1  # 1001: not a multiple of the periods
     params = numpy_params(disc, wav)
     logits, fmaps = jax.jit(disc.apply)({"params": params}, wav)
-    assert len(logits) == len(fmaps) == 3
+    assert len(logits) == len(fmaps) == 3  # 2 periods + 1 resolution
     assert all(len(f) == 6 for f in fmaps)
     assert all(lg.shape[0] == 2 and np.all(np.isfinite(np.asarray(lg))) for lg in logits)
     assert fmaps[0][0].shape[2:] == (2, 4) and fmaps[1][0].shape[2:] == (3, 4)  # (B, H, period, channels)
     real, fake = split_real_fake(logits)
     assert real[0].shape[0] == fake[0].shape[0] == 1
+    # CQTD: (B, frames, bins, C) feature maps; frames = 2T / hop + 1, bins 36 -> 18 -> 9 by the strided convs
+    disc = VocoderDiscriminator(TINY_CQTD)
+    wav = jax.random.normal(jax.random.key(0), (2, 1024)) * 0.1
+    logits, fmaps = jax.jit(disc.apply)({"params": numpy_params(disc, wav)}, wav)
+    assert len(logits) == 2 and len(fmaps[1]) == 4
+    assert [f.shape for f in fmaps[1]] == [(2, 33, 36, 8), (2, 33, 18, 8), (2, 33, 9, 8), (2, 33, 9, 8)]
+    assert logits[1].shape == (2, 33 * 9) and np.all(np.isfinite(np.asarray(logits[1])))
+
+
+def test_resample_and_cqt():
+    sr = 22050
+    t = np.arange(2000) / sr
+    up = np.asarray(resample_up(jnp.asarray(np.sin(2 * np.pi * 1000 * t)[None], jnp.float32)))
+    t2 = np.arange(4000) / (2 * sr)
+    np.testing.assert_allclose(up[0, 200:-200], np.sin(2 * np.pi * 1000 * t2[200:-200]), atol=5e-4)
+    fmin, bpo = TINY_CQTD.cqtd_fmin, 12
+    for b in (2, 17, 30):  # one bin in each octave: the sine's energy peaks in its own bin
+        f = fmin * 2 ** (b / bpo)
+        sine = np.sin(2 * np.pi * f * np.arange(8192) / 44100)[None].astype(np.float32)
+        z = np.asarray(cqt(jnp.asarray(sine), 44100, 64, 3, bpo, fmin))
+        mag = np.sqrt((z**2).sum(-1))[0]
+        assert z.shape == (1, 8192 // 64 + 1, 36, 2)
+        assert mag[len(mag) // 2].argmax() == b
+        # librosa scaling: a unit sine gives ~0.5 * sqrt(kernel length) in its bin
+        expected = 0.5 * np.sqrt(np.ceil(44100 / (2 ** (1 / bpo) - 1) / f))
+        np.testing.assert_allclose(mag[len(mag) // 2, b], expected, rtol=0.1)
     # weight norm: gain initialised to the kernel norm, so the effective kernel is the drawn one
     conv = WNConv2d(4, (3, 1))
     x = jax.random.normal(jax.random.key(2), (1, 5, 1, 3))
@@ -133,9 +169,9 @@ def test_discriminator_outputs():
 
 
 def test_gan_steps_lower_mel_loss(steps=5):
-    gen, disc = BigVGAN(TINY_GEN), VocoderDiscriminator(TRAIN_DISC)
-    mel = jax.random.normal(jax.random.key(0), (2, 32, TINY_GEN.num_mels))
-    t = np.arange(32 * TINY_GEN.hop_length) / 22050
+    gen, disc = BigVGAN(TINY_GEN), VocoderDiscriminator(TINY_CQTD)
+    mel = jax.random.normal(jax.random.key(0), (2, 64, TINY_GEN.num_mels))  # 512 samples: 2 CQT hops of 64 at 2x
+    t = np.arange(64 * TINY_GEN.hop_length) / 22050
     real = jnp.asarray(np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 1000 * t)]), jnp.float32)
     g_params = numpy_params(gen, mel, seed=1, kernel_std=0.05)
     d_params = numpy_params(disc, real, seed=2)
