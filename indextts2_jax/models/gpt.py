@@ -65,8 +65,9 @@ class ConditionModuleConfig:
             raise ConfigError(f"condition module: only input_layer='conv2d2' is implemented, got {cfg.input_layer!r}")
         return cfg
 
-    def conformer(self) -> ConformerConfig:
-        return ConformerConfig(input_size=COND_FEATURES, output_size=self.output_size,
+    def conformer(self, input_size: int = COND_FEATURES) -> ConformerConfig:
+        """The conformer of this module over ``input_size``-wide features (1024 = w2v-BERT, official)."""
+        return ConformerConfig(input_size=input_size, output_size=self.output_size,
                                attention_heads=self.attention_heads, linear_units=self.linear_units,
                                num_blocks=self.num_blocks)
 
@@ -96,6 +97,9 @@ class UnifiedVoiceConfig:
     condition_module: ConditionModuleConfig = field(default_factory=ConditionModuleConfig)
     emo_condition_module: ConditionModuleConfig = EMO_DEFAULT
     duration_control: bool = False  # the paper's p = W_num h(T) slot; False = the release (see module docstring)
+    # Our extension: the width of the prompt features both conditioning conformers read. The official
+    # code hard-codes 1024 (w2v-BERT); the CPU demo conditions on 160-d stacked mel frames.
+    condition_input_size: int = COND_FEATURES
 
     @classmethod
     def from_official(cls, d: Mapping) -> "UnifiedVoiceConfig":
@@ -113,7 +117,8 @@ class UnifiedVoiceConfig:
             kwargs["condition_module"] = ConditionModuleConfig.from_official(d.pop("condition_module"))
         if "emo_condition_module" in d:
             kwargs["emo_condition_module"] = ConditionModuleConfig.from_official(d.pop("emo_condition_module"))
-        names = {f for f in cls.__dataclass_fields__} - {"condition_module", "emo_condition_module", "duration_control"}
+        names = {f for f in cls.__dataclass_fields__} - {"condition_module", "emo_condition_module", "duration_control",
+                                                          "condition_input_size"}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"UnifiedVoice: unknown kwargs {sorted(unknown)}")
@@ -183,9 +188,10 @@ class UnifiedVoice(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d = cfg.model_dim
-        self.conditioning_encoder = ConformerEncoder(cfg.condition_module.conformer(), **kw)
+        self.conditioning_encoder = ConformerEncoder(cfg.condition_module.conformer(cfg.condition_input_size), **kw)
         self.perceiver_encoder = PerceiverResampler(cfg.speaker_perceiver(), **kw)
-        self.emo_conditioning_encoder = ConformerEncoder(cfg.emo_condition_module.conformer(), **kw)
+        self.emo_conditioning_encoder = ConformerEncoder(
+            cfg.emo_condition_module.conformer(cfg.condition_input_size), **kw)
         self.emo_perceiver_encoder = PerceiverResampler(cfg.emotion_perceiver(), **kw)
         self.emovec_layer = dense(d, ("mlp", "embed"), **kw)
         self.emo_layer = dense(d, ("embed", "mlp"), **kw)
@@ -203,7 +209,7 @@ class UnifiedVoice(nn.Module):
 
     # -- conditioning ---------------------------------------------------------------------------
     def speaker_conditioning(self, features: jax.Array, lengths: jax.Array, return_conformer: bool = False):
-        """get_conditioning: features (B, T, 1024), lengths (B,) -> speaker latents (B, 32, D).
+        """get_conditioning: features (B, T, condition_input_size), lengths (B,) -> speaker latents (B, 32, D).
 
         With ``return_conformer`` also the conformer output (B, T', C) and its mask (B, T').
         """
@@ -410,9 +416,10 @@ def abstract_params(config: UnifiedVoiceConfig) -> dict:
     """ShapeDtypeStructs of the (unboxed) params of :class:`UnifiedVoice`."""
     model = UnifiedVoice(config)
     f32 = jnp.float32
+    width = config.condition_input_size
     args = (
-        jax.ShapeDtypeStruct((1, 9, COND_FEATURES), f32), jax.ShapeDtypeStruct((1,), jnp.int32),
-        jax.ShapeDtypeStruct((1, 9, COND_FEATURES), f32), jax.ShapeDtypeStruct((1,), jnp.int32),
+        jax.ShapeDtypeStruct((1, 9, width), f32), jax.ShapeDtypeStruct((1,), jnp.int32),
+        jax.ShapeDtypeStruct((1, 9, width), f32), jax.ShapeDtypeStruct((1,), jnp.int32),
         jax.ShapeDtypeStruct((1, 3), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.int32),
         jax.ShapeDtypeStruct((1, 3), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.int32),
     )
@@ -423,7 +430,8 @@ def abstract_params(config: UnifiedVoiceConfig) -> dict:
 def init_params(config: UnifiedVoiceConfig, rng: jax.Array) -> dict:
     """Random plain params (for tests and benchmarks)."""
     model = UnifiedVoice(config)
-    args = (jnp.zeros((1, 9, COND_FEATURES)), jnp.array([9]), jnp.zeros((1, 9, COND_FEATURES)), jnp.array([9]),
+    width = config.condition_input_size
+    args = (jnp.zeros((1, 9, width)), jnp.array([9]), jnp.zeros((1, 9, width)), jnp.array([9]),
             jnp.zeros((1, 3), jnp.int32), jnp.array([3]), jnp.zeros((1, 3), jnp.int32), jnp.array([3]))
     return nn.unbox(jax.jit(model.init)(rng, *args))["params"]
 
@@ -443,10 +451,11 @@ def from_torch(state_dict: Mapping, config: UnifiedVoiceConfig) -> dict:
     gpt = sd.sub("gpt")
     params = {
         "conditioning_encoder": conformer_from_torch(sd.sub("conditioning_encoder"),
-                                                     config.condition_module.conformer()),
+                                                     config.condition_module.conformer(config.condition_input_size)),
         "perceiver_encoder": perceiver_from_torch(sd.sub("perceiver_encoder"), config.speaker_perceiver()),
         "emo_conditioning_encoder": conformer_from_torch(sd.sub("emo_conditioning_encoder"),
-                                                         config.emo_condition_module.conformer()),
+                                                         config.emo_condition_module.conformer(
+                                                             config.condition_input_size)),
         "emo_perceiver_encoder": perceiver_from_torch(sd.sub("emo_perceiver_encoder"), config.emotion_perceiver()),
         "emovec_layer": sd.sub("emovec_layer").linear(bias=True),
         "emo_layer": sd.sub("emo_layer").linear(bias=True),
