@@ -9,7 +9,7 @@ Attention masks are boolean, broadcastable to (B, 1, S, K) with True = may atten
 cache, K = the cache length with one. Masked scores get ``finfo(float32).min`` (as HF), so a query
 row with every key masked (a left-padding row) softmaxes to a uniform row instead of NaN.
 
-KV cache: a list (one entry per layer) of ``{"k": (B, T_max, H, hd), "v": (B, T_max, H, hd)}``; a
+KV cache: a list (one entry per layer) of ``{"k": (B, H, T_max, hd), "v": (B, H, T_max, hd)}``; a
 call with ``cache_index`` writes its S new keys/values at ``[cache_index, cache_index + S)`` and
 attends over the whole buffer (the mask hides unwritten slots).
 """
@@ -27,8 +27,8 @@ from indextts2_jax.nn.conformer import dense, layer_norm
 
 
 def init_kv_cache(batch: int, length: int, layers: int, heads: int, head_dim: int, dtype=jnp.float32) -> list[dict]:
-    """Zeroed KV cache: ``layers`` x {"k", "v"} of shape (batch, length, heads, head_dim)."""
-    shape = (batch, length, heads, head_dim)
+    """Zeroed KV cache: ``layers`` x {"k", "v"} of shape (batch, heads, length, head_dim)."""
+    shape = (batch, heads, length, head_dim)
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(layers)]
 
 
@@ -53,19 +53,21 @@ class GPT2Attention(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         qkv = dense(3 * d, ("embed", "mlp"), name="c_attn", **kw)(x)
         q, k, v = jnp.split(qkv, 3, axis=-1)
-        q = q.reshape(b, s, self.heads, hd)
-        k = k.reshape(b, s, self.heads, hd)
-        v = v.reshape(b, s, self.heads, hd)
+        # heads-major (B, H, S, hd): the cache and both attention matmuls keep batch dims leading, so a
+        # decode step reads the cache in place (no per-step relayout of the whole cache)
+        q = q.reshape(b, s, self.heads, hd).transpose(0, 2, 1, 3)
+        k = k.reshape(b, s, self.heads, hd).transpose(0, 2, 1, 3)
+        v = v.reshape(b, s, self.heads, hd).transpose(0, 2, 1, 3)
         new_cache = None
         if cache is not None:
-            start = (0, cache_index, 0, 0)
+            start = (0, 0, cache_index, 0)
             k = lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v = lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(self.dtype)).reshape(b, s, d)
+        out = jnp.einsum("bhqk,bhkd->bhqd", probs, v.astype(self.dtype)).transpose(0, 2, 1, 3).reshape(b, s, d)
         return dense(d, ("mlp", "embed"), name="c_proj", **kw)(out), new_cache
 
 
