@@ -30,6 +30,7 @@ from indextts2_jax.models.gpt import (
     UnifiedVoiceConfig,
     abstract_params,
     gpt_loss,
+    sample_duration_targets,
     t2s_loss,
 )
 
@@ -361,6 +362,8 @@ def test_duration_control_slot(setup):
     np.testing.assert_array_equal(out[0, 33], 0.0)  # free mode: p = 0
     np.testing.assert_allclose(out[1, 33], table[5])
     np.testing.assert_allclose(out[2, 33], table[9])
+    targets = np.asarray(sample_duration_targets(jax.random.PRNGKey(0), jnp.full((2000,), 37), 0.3))
+    assert set(np.unique(targets)) == {0, 37} and 0.25 < (targets == 0).mean() < 0.35
 
 
 def test_official_config_and_shapes():

@@ -367,6 +367,8 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
             filled = filled + to_beam
         best_possible = cand_scores[:, 0] / (jnp.float32(step + 1) ** lp)
         newly_done = (hyps["count"] >= k_beams) & (_hyp_worst(hyps, k_beams) >= best_possible)
+        if target_tokens is not None:  # exact-count rows are complete once the stop was forced
+            newly_done |= (target_tokens > 0) & (step >= target_tokens)
         done_after = done | newly_done
         # rows already done feed pad tokens from beam 0 with score 0
         next_scores = jnp.where(done[:, None], 0.0, next_scores)

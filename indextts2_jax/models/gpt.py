@@ -362,6 +362,13 @@ class UnifiedVoice(nn.Module):
         return out
 
 
+def sample_duration_targets(rng: jax.Array, mel_lengths: jax.Array, drop_prob: float = 0.3) -> jax.Array:
+    """Training targets for the duration slot (paper §Duration Control): the true code count per example,
+    replaced by 0 (free mode, p = 0) with probability ``drop_prob``. mel_lengths (B,) -> (B,) int32."""
+    keep = jax.random.uniform(rng, mel_lengths.shape) >= drop_prob
+    return jnp.where(keep, mel_lengths, 0).astype(jnp.int32)
+
+
 # ---------------------------------------------------------------------------------------------
 # loss
 # ---------------------------------------------------------------------------------------------
