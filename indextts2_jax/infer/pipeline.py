@@ -1,0 +1,822 @@
+"""IndexTTS-2 synthesis: prompt features, conditioning, T2S codes, GPT latent, S2M, BigVGAN (reference §7, §11).
+
+``IndexTTS2(assets)`` builds every jitted stage once per model; ``synthesize`` follows infer_v2's flow:
+
+1. emotion mode (§7): speaker as emotion (default), emotion reference audio with ``emotion_alpha``,
+   8-dim ``emotion_vector`` (feat1 row by cosine to the CAMPPlus style, feat2 rows weighted, plus the
+   ``(1 - sum w)`` residual of the speaker file's own emotion vector). Text-to-emotion (QwenEmotion) is
+   not available in this port: ``use_emotion_text=True`` raises :class:`EmotionTextUnavailableError`;
+2. prompt features, cached per file (path, size, mtime): w2v-BERT ``hidden_states[k]`` normalised, codec
+   ``S_ref``, reference mel, CAMPPlus style; the emotion prompt's w2v-BERT features;
+3. text -> normalise -> BPE -> segments of <= ``max_text_tokens_per_segment`` ids;
+4. per segment: codes (``generate``: greedy / sampling / beams, repetition penalty, optional exact
+   count), cut at the first stop; the teacher-forced GPT latent; S2M (``vq2emb + gpt_layer``, length
+   regulator to ``floor(1.72 m)`` frames, CFM with CFG) and BigVGAN;
+5. segments joined with ``interval_silence_ms`` of zeros.
+
+Shapes are bucketed (text ids, prompt frames, codes, mel frames, batch rows; see :func:`bucket_size`),
+and each stage gets true lengths, so a new text or prompt of a similar length reuses the compiled
+programs. The only per-prompt-length compiles are the small prompt front-ends (reference mel, CAMPPlus
+fbank and CAMPPlus, whose pooling has no length mask), run once per prompt file.
+
+Padding semantics: every stage with lengths reproduces its unpadded result up to float rounding (the GPT
+latent packs each row as ``[conds][start, text, stop][start_mel, codes, stop]`` and reads the rows under
+a causal mask, the S2M uses per-item lengths). BigVGAN has no length input: it runs on the mel followed
+by at least ``vocoder_context_frames`` frames of the silence mel ``log(1e-5)``, so the audio of a segment
+does not depend on the bucket or the batch; it differs from an exact-length call only in the last
+~``vocoder_context_frames`` frames (``exact_vocoder=True`` runs each segment at its own length instead,
+one compile per length).
+
+Batching (``synthesize_batch``): the segments of many jobs run together (left-padded generation, per-item
+S2M lengths, padded vocoder); with greedy decoding the results equal one-by-one synthesis.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from indextts2_jax import audio as audio_lib
+from indextts2_jax.errors import ConfigError, IndexTTS2Error
+from indextts2_jax.infer.assets import ModelAssets
+from indextts2_jax.infer.generate import DecodeConfig, generate
+from indextts2_jax.models import bigvgan, campplus, gpt, s2mel, semantic_codec, w2v_bert
+from indextts2_jax.nn.gpt2 import causal_mask
+from indextts2_jax.text.tokenizer import TextTokenizer
+
+EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
+SILENCE_LOG_MEL = math.log(1e-5)  # the S2M/BigVGAN log-mel of silence
+
+
+class EmotionTextUnavailableError(IndexTTS2Error, NotImplementedError):
+    """Text-to-emotion (the official QwenEmotion model) is not part of this port."""
+
+
+# ---------------------------------------------------------------------------------------------
+# configs and buckets
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ComponentConfigs:
+    gpt: gpt.UnifiedVoiceConfig
+    s2mel: s2mel.S2MelConfig
+    codec: semantic_codec.SemanticCodecConfig
+    w2v: w2v_bert.W2VBertConfig
+    campplus: campplus.CAMPPlusConfig
+    bigvgan: bigvgan.BigVGANConfig
+    mel: audio_lib.MelConfig
+
+
+def _plain(d) -> dict:
+    return d.to_dict() if hasattr(d, "to_dict") else dict(d)
+
+
+def component_configs(config) -> ComponentConfigs:
+    """The model configs of an assets config (``model``/``aux``/``inference`` layout of configs/indextts2.py).
+
+    S2M's ``gpt_layer`` is sized from the GPT width and the length-regulator input (1280 -> ... -> 1024
+    officially, where both are hard-coded).
+    """
+    model, aux = config.model, config.aux
+    g = gpt.UnifiedVoiceConfig.from_official(_plain(model.gpt))
+    s = s2mel.S2MelConfig.from_official(_plain(model.s2mel))
+    ratio = float(config.get("inference", {}).get("code_to_frame_ratio", 1.72)) if "inference" in config else 1.72
+    s = dataclasses.replace(s, gpt_latent_dim=g.model_dim, frames_per_code=ratio,
+                            gpt_layer_dims=tuple(s.gpt_layer_dims[:-1]) + (s.length_regulator.in_channels,))
+    codec = dataclasses.replace(semantic_codec.SemanticCodecConfig.from_official(_plain(model.semantic_codec)),
+                                with_decoder=False)
+    return ComponentConfigs(
+        gpt=g, s2mel=s, codec=codec,
+        w2v=w2v_bert.W2VBertConfig.from_official(_plain(aux.w2v_bert)),
+        campplus=campplus.CAMPPlusConfig.from_official(_plain(aux.campplus)),
+        bigvgan=bigvgan.BigVGANConfig.from_official(_plain(aux.bigvgan)),
+        mel=audio_lib.MelConfig.from_official(_plain(model.s2mel.preprocess_params)),
+    )
+
+
+def bucket_size(n: int, minimum: int = 16, buckets: Sequence[int] | None = None) -> int:
+    """The smallest bucket >= n: from ``buckets`` if given (beyond its end: powers of two), else the
+    sequence ``minimum, 1.5 minimum, 2 minimum, 3 minimum, 4 minimum, ...`` (powers of two and their
+    midpoints; at most 33% padding)."""
+    n = max(int(n), 1)
+    if buckets:
+        for b in sorted(buckets):
+            if b >= n:
+                return int(b)
+        return 1 << (n - 1).bit_length()
+    b = max(int(minimum), 1)
+    while b < n:
+        b = b * 3 // 2 if (b & (b - 1)) == 0 and b >= 2 else (b * 4 // 3 if b % 3 == 0 else b * 2)
+    return b
+
+
+def batch_bucket(n: int) -> int:
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
+def vocoder_context_frames(config: bigvgan.BigVGANConfig) -> int:
+    """A bound (in mel frames) on how far BigVGAN's receptive field reaches to either side."""
+    frames, rate = 3.0, 1  # conv_pre k7
+    for u, k in zip(config.upsample_rates, config.upsample_kernel_sizes):
+        frames += math.ceil(k / u) / rate  # transposed conv, at the input rate
+        rate *= u
+        reach = 0
+        for rk, dils in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes):
+            # conv1 dilated + conv2, each behind an anti-aliased activation (12-tap filters at 2x)
+            reach = max(reach, sum((rk - 1) * d // 2 + (rk - 1) // 2 + 12 for d in dils))
+        frames += reach / rate
+    frames += (12 + 3) / rate  # activation_post + conv_post
+    return int(math.ceil(frames)) + 2
+
+
+def split_tokens(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` codes over segments in proportion to ``weights`` (largest remainder, each >= 1)."""
+    n = len(weights)
+    if total < n:
+        raise ConfigError(f"target of {total} codes is less than one per segment ({n} segments)")
+    w = np.asarray(weights, np.float64)
+    raw = (total - n) * w / w.sum()
+    out = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - out), kind="stable")[: (total - n) - out.sum()]:
+        out[i] += 1
+    return [int(x) + 1 for x in out]
+
+
+# ---------------------------------------------------------------------------------------------
+# cached prompt features
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SpeakerFeatures:
+    """One speaker prompt: w2v-BERT embedding (1, Tb, H) with ``length`` valid frames, codec-quantised
+    ``S_ref`` (1, Tb, H), reference mel (1, Pb, n_mels) with ``mel_length`` frames, CAMPPlus ``style`` (1, S)."""
+
+    emb: jax.Array
+    length: int
+    S_ref: jax.Array
+    ref_mel: jax.Array
+    mel_length: int
+    style: np.ndarray
+    seconds: float
+
+
+@dataclasses.dataclass
+class EmotionFeatures:
+    emb: jax.Array
+    length: int
+
+
+class _LRU(collections.OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+def _file_key(kind: str, path) -> tuple:
+    p = Path(path)
+    if not p.exists():
+        return (kind, str(p), None, None)
+    st = p.stat()
+    return (kind, str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------------------------
+# the synthesizer
+# ---------------------------------------------------------------------------------------------
+SAMPLING_DEFAULTS = dict(do_sample=True, num_beams=3, top_k=30, top_p=0.8, temperature=0.8,
+                         repetition_penalty=10.0, length_penalty=0.0, max_mel_tokens=1500)
+JOB_KEYS = ("text", "speaker_prompt", "emotion_prompt", "emotion_vector", "emotion_alpha", "use_emotion_text",
+            "use_random", "target_tokens", "duration_seconds", "seed", "max_text_tokens_per_segment",
+            "interval_silence_ms", "out", "id")
+STAGES = ("prompt", "text", "conditioning", "generation", "latent", "s2m", "vocoder")
+
+
+class IndexTTS2:
+    """Zero-shot TTS with emotion and duration control.
+
+    Args:
+      assets: a loaded model (:class:`ModelAssets`).
+      dtype: compute dtype of the GPT, S2M estimator and BigVGAN (params stay float32; w2v-BERT, the
+        codec and CAMPPlus always run in float32, as infer_v2 does).
+      diffusion_steps / cfg_rate: CFM settings (default from ``assets.config.inference``: 25 / 0.7).
+      buckets: optional explicit bucket list for every padded length (default :func:`bucket_size`).
+      prompt_cache_size: prompt files kept in the feature cache.
+    """
+
+    def __init__(self, assets: ModelAssets, dtype=jnp.float32, *, diffusion_steps: int | None = None,
+                 cfg_rate: float | None = None, buckets: Sequence[int] | None = None,
+                 prompt_cache_size: int = 16, exact_vocoder: bool = False):
+        missing = assets.missing_components()
+        if missing:
+            raise ConfigError(f"model assets ({assets.source}) lack components {missing}")
+        self.assets = assets
+        self.dtype = jnp.dtype(dtype)
+        self.cfg = component_configs(assets.config)
+        inf = assets.config.get("inference", None) if hasattr(assets.config, "get") else None
+        inf = inf if inf is not None else {}
+        self.diffusion_steps = int(diffusion_steps if diffusion_steps is not None else inf.get("diffusion_steps", 25))
+        self.cfg_rate = float(cfg_rate if cfg_rate is not None else inf.get("inference_cfg_rate", 0.7))
+        self.prompt_max_seconds = float(inf.get("prompt_max_seconds", 15.0))
+        self.buckets = tuple(buckets) if buckets else None
+        self.exact_vocoder = exact_vocoder
+        self.sample_rate = int(self.cfg.s2mel.sample_rate)
+        self.hop = int(self.cfg.bigvgan.hop_length)
+        self.vocoder_margin = vocoder_context_frames(self.cfg.bigvgan)
+        self.tokenizer = TextTokenizer(assets.bpe_model)
+        emo_num = [int(x) for x in assets.config.model.emo_num]
+        if sum(emo_num) != assets.spk_matrix.shape[0] or sum(emo_num) != assets.emo_matrix.shape[0]:
+            raise ConfigError(f"emo_num {emo_num} does not match feat1 {assets.spk_matrix.shape} / feat2 "
+                              f"{assets.emo_matrix.shape}")
+        bounds = np.cumsum([0] + emo_num)
+        self.spk_rows = [np.asarray(assets.spk_matrix[a:b], np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.emo_rows = [np.asarray(assets.emo_matrix[a:b], np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+        p = assets.params
+        codec_params = {k: v for k, v in p["semantic_codec"].items() if k != "decoder"}
+        self.params = jax.device_put({
+            "gpt": p["gpt"], "s2mel": p["s2mel"], "codec": codec_params, "w2v": p["w2v_bert"],
+            "campplus": p["campplus"], "bigvgan": p["bigvgan"],
+            "w2v_mean": np.asarray(assets.w2v_stats["mean"], np.float32),
+            "w2v_var": np.asarray(assets.w2v_stats["var"], np.float32),
+        })
+        self.gpt_model = gpt.UnifiedVoice(self.cfg.gpt, dtype=self.dtype)
+        self.prompt_cache = _LRU(prompt_cache_size)
+        self.cache_stats = {"hits": 0, "misses": 0}
+        self.trace_counts: collections.Counter = collections.Counter()
+        self._build_jits()
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, dtype=jnp.float32, **kwargs) -> IndexTTS2:
+        """Load an official model directory (``config.yaml`` + ``gpt.pth`` ...), or an exported bundle /
+        converted checkpoint, and build the synthesizer."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"model path not found: {str(p)!r}")
+        if p.is_dir() and (p / "config.yaml").is_file():
+            from indextts2_jax.convert.official import load_official_model_dir
+
+            assets = load_official_model_dir(p)
+        else:
+            from indextts2_jax.export import load_bundle
+
+            assets = load_bundle(p)
+        return cls(assets, dtype=dtype, **kwargs)
+
+    def _counted_jit(self, name: str, fn: Callable, **jit_kw):
+        def traced(*args, **kw):
+            self.trace_counts[name] += 1  # runs once per new compile (trace)
+            return fn(*args, **kw)
+
+        return jax.jit(traced, **jit_kw)
+
+    def _build_jits(self):
+        c = self.cfg
+        dt = self.dtype
+        w2v_model = w2v_bert.W2VBert(c.w2v, num_layers=c.w2v.layers_for_embedding)
+        codec_model = semantic_codec.SemanticCodec(c.codec)
+        camp_model = campplus.CAMPPlus(c.campplus)
+        voc_model = bigvgan.BigVGAN(c.bigvgan, dtype=dt)
+        gm = self.gpt_model
+
+        def w2v_embed(params, feats, mask):
+            hidden = w2v_model.apply({"params": params["w2v"]}, feats, mask, return_all=False)
+            return w2v_bert.normalize_hidden(hidden, params["w2v_mean"], params["w2v_var"])
+
+        def codec_quantize(params, emb, mask):
+            return codec_model.apply({"params": params["codec"]}, emb, mask,
+                                     method=semantic_codec.SemanticCodec.quantize)[1]
+
+        def style(params, fbank):
+            return camp_model.apply(params["campplus"], fbank)
+
+        def conditioning(params, spk_emb, spk_len, emo_emb, emo_len):
+            def f(m):
+                latents = m.speaker_conditioning(spk_emb, spk_len)
+                base = m.emovec(spk_emb, spk_len)
+                emo = m.emovec(emo_emb, emo_len)
+                return latents, base, emo
+            return gm.apply({"params": params["gpt"]}, method=f)
+
+        def cond_block(params, latents, emovec):
+            return gm.apply({"params": params["gpt"]}, latents, emovec, method=gpt.UnifiedVoice.conditioning_block)
+
+        def latent(params, conds, text_ids, text_lens, codes, code_lens):
+            return gm.apply({"params": params["gpt"]}, conds, text_ids, text_lens, codes, code_lens,
+                            method=_packed_latent).astype(jnp.float32)
+
+        def s2m(params, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat, codes, code_lens, target_lens,
+                noise_keys, g_max):
+            return _s2m_stage(params, c.s2mel, c.codec, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat, codes,
+                              code_lens, target_lens, noise_keys, g_max, self.diffusion_steps, self.cfg_rate, dt)
+
+        def vocode(params, mel):
+            return voc_model.apply({"params": params["bigvgan"]}, mel)
+
+        self._w2v = self._counted_jit("w2v_bert", w2v_embed)
+        self._codec = self._counted_jit("codec", codec_quantize)
+        self._style = self._counted_jit("campplus", style)
+        self._conditioning = self._counted_jit("conditioning", conditioning)
+        self._cond_block = self._counted_jit("conditioning_block", cond_block)
+        self._latent = self._counted_jit("latent", latent)
+        self._s2m = self._counted_jit("s2m", s2m, static_argnames=("g_max",))
+        self._vocode = self._counted_jit("vocoder", vocode)
+
+    def _bucket(self, n: int, minimum: int) -> int:
+        return bucket_size(n, minimum, self.buckets)
+
+    # -- prompts -----------------------------------------------------------------------------
+    def _semantic(self, wave_16k: np.ndarray) -> tuple[jax.Array, int]:
+        feats, mask = audio_lib.w2v_bert_features([wave_16k])
+        t = int(mask.sum())
+        tb = self._bucket(feats.shape[1], 32)
+        feats = np.pad(feats, ((0, 0), (0, tb - feats.shape[1]), (0, 0)), constant_values=1.0)
+        mask = np.pad(mask, ((0, 0), (0, tb - mask.shape[1])))
+        return self._w2v(self.params, jnp.asarray(feats), jnp.asarray(mask)), t
+
+    def speaker_features(self, path) -> SpeakerFeatures:
+        """The cached speaker-prompt features of an audio file (infer_v2's speaker path)."""
+        key = _file_key("speaker", path)
+        if key in self.prompt_cache:
+            self.cache_stats["hits"] += 1
+            self.prompt_cache.move_to_end(key)
+            return self.prompt_cache[key]
+        self.cache_stats["misses"] += 1
+        wav_22k, wav_16k = audio_lib.load_speaker_prompt(path, truncate_seconds=self.prompt_max_seconds)
+        emb, t = self._semantic(wav_16k)
+        mask = jnp.asarray(np.arange(emb.shape[1])[None, :] < t)
+        S_ref = self._codec(self.params, emb, mask)
+        mel = np.asarray(audio_lib.mel_spectrogram(wav_22k[None], self.cfg.mel))  # (1, P, n_mels)
+        p = mel.shape[1]
+        pb = self._bucket(p, 64)
+        mel = np.pad(mel, ((0, 0), (0, pb - p), (0, 0)))
+        fbank = audio_lib.campplus_features(wav_16k[None])
+        style_vec = np.asarray(self._style(self.params, fbank), np.float32)
+        feats = SpeakerFeatures(emb=emb, length=t, S_ref=S_ref, ref_mel=jnp.asarray(mel), mel_length=p,
+                                style=style_vec, seconds=wav_22k.shape[0] / 22050.0)
+        self.prompt_cache.put(key, feats)
+        return feats
+
+    def emotion_features(self, path) -> EmotionFeatures:
+        """The cached emotion-prompt features (``librosa.load(path, sr=16000)`` path)."""
+        key = _file_key("emotion", path)
+        if key in self.prompt_cache:
+            self.cache_stats["hits"] += 1
+            self.prompt_cache.move_to_end(key)
+            return self.prompt_cache[key]
+        self.cache_stats["misses"] += 1
+        wav = audio_lib.load_emotion_prompt(path, truncate_seconds=self.prompt_max_seconds)
+        emb, t = self._semantic(wav)
+        feats = EmotionFeatures(emb=emb, length=t)
+        self.prompt_cache.put(key, feats)
+        return feats
+
+    # -- emotion -----------------------------------------------------------------------------
+    def emotion_matrix_vector(self, style: np.ndarray, weights: Sequence[float], use_random: bool = False,
+                              rng: np.random.Generator | None = None) -> np.ndarray:
+        """sum_i w_i feat2_i[idx_i], idx_i = argmax cosine(style, feat1_i rows) (or random): (D,)."""
+        s = np.asarray(style, np.float32).reshape(-1)
+        out = np.zeros(self.emo_rows[0].shape[1], np.float32)
+        rng = rng or np.random.default_rng(0)
+        for w, spk, emo in zip(weights, self.spk_rows, self.emo_rows):
+            if use_random:
+                idx = int(rng.integers(0, spk.shape[0]))
+            else:
+                cos = spk @ s / np.maximum(np.linalg.norm(spk, axis=1) * np.linalg.norm(s), 1e-8)
+                idx = int(np.argmax(cos))
+            out += np.float32(w) * emo[idx]
+        return out
+
+    def _resolve_job(self, job: dict, report: dict, timings: dict):
+        """Emotion mode + prompt features + conds (1, 34, D) of one job."""
+        unknown = set(job) - set(JOB_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown job keys {sorted(unknown)}; known: {list(JOB_KEYS)}")
+        if job.get("speaker_prompt") is None:
+            raise ConfigError("a speaker_prompt audio file is required")
+        spk_path = job["speaker_prompt"]
+        emo_path = job.get("emotion_prompt")
+        alpha = float(job.get("emotion_alpha", 1.0) if job.get("emotion_alpha") is not None else 1.0)
+        vector = job.get("emotion_vector")
+        if job.get("use_emotion_text"):
+            raise EmotionTextUnavailableError(
+                "text-to-emotion (use_emotion_text, the official QwenEmotion model) is not available in this port; "
+                "pass emotion_vector (8 weights: " + ", ".join(EMOTIONS) + ") or an emotion_prompt audio file")
+        mode = "speaker"
+        if vector is not None:
+            vector = [float(x) for x in vector]
+            if len(vector) != len(EMOTIONS):
+                raise ConfigError(f"emotion_vector needs {len(EMOTIONS)} weights ({', '.join(EMOTIONS)}), "
+                                  f"got {len(vector)}")
+            if emo_path is not None:
+                report.setdefault("warnings", []).append("emotion_prompt ignored: emotion_vector given")
+            emo_path = None
+            scale = max(0.0, min(1.0, alpha))
+            if scale != 1.0:
+                vector = [int(x * scale * 10000) / 10000 for x in vector]
+            mode = "vector"
+        elif emo_path is not None:
+            mode = "audio"
+        if emo_path is None:
+            emo_path, alpha = spk_path, 1.0
+        t0 = time.perf_counter()
+        spk = self.speaker_features(spk_path)
+        emo = self.emotion_features(emo_path)
+        timings["prompt"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ckey = ("cond", _file_key("speaker", spk_path), _file_key("emotion", emo_path))
+        if ckey in self.prompt_cache:
+            latents, base, emo_vec = self.prompt_cache[ckey]
+        else:
+            latents, base, emo_vec = self._conditioning(
+                self.params, spk.emb, jnp.array([spk.length], jnp.int32), emo.emb, jnp.array([emo.length], jnp.int32))
+            latents, base, emo_vec = latents, np.asarray(base), np.asarray(emo_vec)
+            self.prompt_cache.put(ckey, (latents, base, emo_vec))
+        emovec = base + np.float32(alpha) * (emo_vec - base)
+        if vector is not None:
+            rng = np.random.default_rng(int(job.get("seed", 0) or 0))
+            mat = self.emotion_matrix_vector(spk.style, vector, bool(job.get("use_random", False)), rng)
+            emovec = mat[None] + np.float32(1.0 - sum(vector)) * emovec
+        conds = self._cond_block(self.params, latents, jnp.asarray(emovec, jnp.float32))
+        jax.block_until_ready(conds)
+        timings["conditioning"] += time.perf_counter() - t0
+        report.update(emotion_mode=mode, emotion_alpha=alpha, emotion_vector=vector,
+                      speaker_prompt=str(spk_path), emotion_prompt=str(emo_path))
+        return spk, conds
+
+    # -- text + durations --------------------------------------------------------------------
+    def _segments(self, job: dict, report: dict) -> list[list[int]]:
+        text = job.get("text")
+        max_tokens = int(job.get("max_text_tokens_per_segment") or 120)
+        segments = self.tokenizer.segment(text if text is not None else "", max_tokens=max_tokens)
+        unknown = self.tokenizer.unknown_pieces(text)
+        if unknown:
+            report.setdefault("warnings", []).append(f"{len(unknown)} unknown pieces: {unknown[:10]}")
+        return segments
+
+    @property
+    def code_rate(self) -> float:
+        """Codes per second of output speech: sample_rate / hop / frames_per_code (22050/256/1.72 = 50.08)."""
+        return self.sample_rate / self.hop / self.cfg.s2mel.frames_per_code
+
+    def duration_to_tokens(self, seconds: float, num_segments: int = 1, interval_silence_ms: float = 200) -> int:
+        speech = float(seconds) - (num_segments - 1) * interval_silence_ms / 1000.0
+        if speech <= 0:
+            raise ConfigError(f"duration {seconds} s leaves no time for speech after {num_segments - 1} silences")
+        return max(num_segments, int(round(speech * self.code_rate)))
+
+    # -- synthesis ---------------------------------------------------------------------------
+    def synthesize(self, text: str, speaker_prompt, emotion_prompt=None, emotion_vector=None,
+                   emotion_alpha: float = 1.0, target_tokens: int | None = None,
+                   duration_seconds: float | None = None, *, seed: int = 0, max_text_tokens_per_segment: int = 120,
+                   interval_silence_ms: float = 200, use_emotion_text: bool = False, use_random: bool = False,
+                   batch_size: int = 1, progress: bool = False, **sampling):
+        """Synthesize ``text`` in the voice of ``speaker_prompt``.
+
+        Sampling options (infer_v2 defaults): do_sample=True, num_beams=3, top_k=30, top_p=0.8,
+        temperature=0.8, repetition_penalty=10.0, length_penalty=0.0, max_mel_tokens=1500 (per segment).
+        ``target_tokens`` (exact code count for the whole text) or ``duration_seconds`` (converted at
+        :attr:`code_rate`, silences subtracted) split over the segments by their token counts.
+        ``batch_size`` > 1 runs that many segments of the text together.
+
+        Returns ``(wave float32 (N,), sample_rate, report)``.
+        """
+        job = dict(text=text, speaker_prompt=speaker_prompt, emotion_prompt=emotion_prompt,
+                   emotion_vector=emotion_vector, emotion_alpha=emotion_alpha, target_tokens=target_tokens,
+                   duration_seconds=duration_seconds, seed=seed, interval_silence_ms=interval_silence_ms,
+                   max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
+                   use_random=use_random)
+        (result,) = self.synthesize_batch([job], batch_size=batch_size, progress=progress, **sampling)
+        return result
+
+    def _decode_config(self, sampling: dict) -> DecodeConfig:
+        unknown = set(sampling) - set(SAMPLING_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown sampling options {sorted(unknown)}; known: {sorted(SAMPLING_DEFAULTS)}")
+        o = {**SAMPLING_DEFAULTS, **{k: v for k, v in sampling.items() if v is not None}}
+        return DecodeConfig(max_new_tokens=int(o["max_mel_tokens"]), do_sample=bool(o["do_sample"]),
+                            num_beams=int(o["num_beams"]), temperature=float(o["temperature"]), top_k=int(o["top_k"]),
+                            top_p=float(o["top_p"]), repetition_penalty=float(o["repetition_penalty"]),
+                            length_penalty=float(o["length_penalty"]))
+
+    def synthesize_batch(self, jobs: Sequence[dict], *, batch_size: int = 8, progress: bool = False,
+                         **sampling) -> list[tuple[np.ndarray, int, dict]]:
+        """Synthesize many jobs, running up to ``batch_size`` segments (of any jobs) together.
+
+        Each job is a dict with ``text``, ``speaker_prompt`` and optionally ``emotion_prompt``,
+        ``emotion_vector``, ``emotion_alpha``, ``target_tokens`` | ``duration_seconds``, ``seed``,
+        ``max_text_tokens_per_segment``, ``interval_silence_ms`` (``out``/``id`` are carried along).
+        Sampling options apply to all jobs. Returns one ``(wave, sample_rate, report)`` per job.
+        """
+        decode = self._decode_config(sampling)
+        t_start = time.perf_counter()
+        timings = dict.fromkeys(STAGES, 0.0)
+        compiles_before = sum(self.trace_counts.values())
+        cache_before = dict(self.cache_stats)
+        reports, items, spk_feats, job_conds = [], [], [], []
+        for j, job in enumerate(jobs):
+            report: dict[str, Any] = {"text": job.get("text")}
+            if job.get("target_tokens") is not None and job.get("duration_seconds") is not None:
+                raise ConfigError("give target_tokens or duration_seconds, not both")
+            t0 = time.perf_counter()
+            segments = self._segments(job, report)
+            timings["text"] += time.perf_counter() - t0
+            spk, conds = self._resolve_job(job, report, timings)
+            spk_feats.append(spk)
+            job_conds.append(conds)
+            silence_ms = float(job.get("interval_silence_ms", 200) if job.get("interval_silence_ms") is not None
+                               else 200)
+            total = job.get("target_tokens")
+            if job.get("duration_seconds") is not None:
+                total = self.duration_to_tokens(job["duration_seconds"], len(segments), silence_ms)
+            targets = [0] * len(segments)
+            if total is not None:
+                targets = split_tokens(int(total), [len(s) for s in segments])
+                if max(targets) > decode.max_new_tokens:
+                    raise ConfigError(f"a segment needs {max(targets)} codes, more than max_mel_tokens="
+                                      f"{decode.max_new_tokens}; raise max_mel_tokens")
+            report["target_tokens"] = None if total is None else int(total)
+            seed = int(job.get("seed", 0) or 0)
+            for s, (ids, tgt) in enumerate(zip(segments, targets)):
+                items.append(dict(job=j, seg=s, ids=ids, target=tgt, seed=seed))
+            report["segments"] = [None] * len(segments)
+            report["silence_samples"] = int(self.sample_rate * silence_ms / 1000.0)
+            reports.append(report)
+
+        waves: dict[tuple[int, int], np.ndarray] = {}
+        chunks = [items[i: i + batch_size] for i in range(0, len(items), max(batch_size, 1))]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), desc="segments", unit="seg")
+        for chunk in chunks:
+            outs = self._run_chunk(chunk, spk_feats, job_conds, decode, timings)
+            for it, (wave, info) in zip(chunk, outs):
+                waves[(it["job"], it["seg"])] = wave
+                reports[it["job"]]["segments"][it["seg"]] = info
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+
+        wall = time.perf_counter() - t_start
+        results = []
+        total_audio = 0.0
+        for j, report in enumerate(reports):
+            parts = []
+            n_seg = len(report["segments"])
+            for s in range(n_seg):
+                parts.append(waves[(j, s)])
+                if s < n_seg - 1 and report["silence_samples"] > 0:
+                    parts.append(np.zeros(report["silence_samples"], np.float32))
+            wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            report["audio_seconds"] = wave.shape[0] / self.sample_rate
+            report["sample_rate"] = self.sample_rate
+            total_audio += report["audio_seconds"]
+            for k in ("out", "id"):
+                if jobs[j].get(k) is not None:
+                    report[k] = jobs[j][k]
+            results.append((wave, self.sample_rate, report))
+        batch_info = {
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            "wall_s": round(wall, 4),
+            "audio_seconds": round(total_audio, 4),
+            "rtf": round(wall / total_audio, 4) if total_audio > 0 else None,
+            "jobs": len(jobs), "segments": len(items), "batch_size": batch_size,
+            "new_compiles": sum(self.trace_counts.values()) - compiles_before,
+            "prompt_cache": {k: self.cache_stats[k] - cache_before[k] for k in self.cache_stats},
+            "decode": dataclasses.asdict(decode),
+            "dtype": self.dtype.name,
+        }
+        for _, _, report in results:
+            report["batch"] = batch_info
+            if len(jobs) == 1:
+                report["timings_s"], report["rtf"] = batch_info["timings_s"], batch_info["rtf"]
+        return results
+
+    def _run_chunk(self, chunk: list[dict], spk_feats, job_conds, decode: DecodeConfig, timings: dict):
+        n = len(chunk)
+        b = batch_bucket(n)
+        rows = chunk + [chunk[0]] * (b - n)  # dummy rows repeat the first item
+        gcfg = self.cfg.gpt
+        # ---- generation
+        t0 = time.perf_counter()
+        lb = self._bucket(max(len(r["ids"]) for r in rows), 16)
+        text = np.full((b, lb), gcfg.stop_text_token, np.int32)
+        text_lens = np.zeros((b,), np.int32)
+        for i, r in enumerate(rows):
+            text[i, : len(r["ids"])] = r["ids"]
+            text_lens[i] = len(r["ids"])
+        conds = jnp.concatenate([job_conds[r["job"]] for r in rows], axis=0)
+        targets = np.array([r["target"] for r in rows], np.int32)
+        rng = jax.random.fold_in(jax.random.PRNGKey(rows[0]["seed"]), rows[0]["seg"])
+        out = generate(self.gpt_model, self.params["gpt"], conds, jnp.asarray(text), jnp.asarray(text_lens),
+                       decode=decode, rng=rng, target_tokens=jnp.asarray(targets))
+        codes_all, lengths = np.asarray(out.codes), np.asarray(out.lengths)
+        timings["generation"] += time.perf_counter() - t0
+        # ---- latent
+        t0 = time.perf_counter()
+        code_lens = np.maximum(lengths, 1).astype(np.int32)  # an immediate stop still needs one code
+        mb = self._bucket(int(code_lens.max()), 32)
+        codes = np.zeros((b, mb), np.int32)
+        for i in range(b):
+            m = min(int(lengths[i]), mb)
+            codes[i, :m] = codes_all[i, :m]
+            if lengths[i] == 0:
+                codes[i, 0] = 0
+        lat = self._latent(self.params, conds, jnp.asarray(text), jnp.asarray(text_lens), jnp.asarray(codes),
+                           jnp.asarray(code_lens))
+        jax.block_until_ready(lat)
+        timings["latent"] += time.perf_counter() - t0
+        # ---- S2M
+        t0 = time.perf_counter()
+        spks = [spk_feats[r["job"]] for r in rows]
+        sb = max(s.S_ref.shape[1] for s in spks)
+        pb = max(s.ref_mel.shape[1] for s in spks)
+        S_ref = jnp.concatenate([jnp.pad(s.S_ref, ((0, 0), (0, sb - s.S_ref.shape[1]), (0, 0))) for s in spks], 0)
+        ref_mel = jnp.concatenate([jnp.pad(s.ref_mel, ((0, 0), (0, pb - s.ref_mel.shape[1]), (0, 0))) for s in spks], 0)
+        S_ref_lens = np.array([s.length for s in spks], np.int32)
+        ref_lens = np.array([s.mel_length for s in spks], np.int32)
+        style_vec = np.concatenate([s.style for s in spks], 0)
+        target_lens = self.cfg.s2mel.target_frames(code_lens).astype(np.int32)
+        g_max = self._bucket(int(target_lens.max()), 32)
+        keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(r["seed"]), 1), r["seg"])
+                          for r in rows])
+        mel = self._s2m(self.params, S_ref, jnp.asarray(S_ref_lens), ref_mel, jnp.asarray(ref_lens),
+                        jnp.asarray(style_vec), lat, jnp.asarray(codes), jnp.asarray(code_lens),
+                        jnp.asarray(target_lens), keys, g_max=g_max)
+        jax.block_until_ready(mel)
+        timings["s2m"] += time.perf_counter() - t0
+        # ---- vocoder
+        t0 = time.perf_counter()
+        mel = np.asarray(mel)
+        waves = []
+        if self.exact_vocoder:
+            for i in range(n):
+                w = self._vocode(self.params, jnp.asarray(mel[i: i + 1, : target_lens[i]]))
+                waves.append(np.asarray(w)[0])
+        else:
+            fb = self._bucket(int(target_lens.max()) + self.vocoder_margin, 32)
+            padded = np.full((b, fb, mel.shape[2]), SILENCE_LOG_MEL, np.float32)
+            for i in range(b):
+                padded[i, : target_lens[i]] = mel[i, : target_lens[i]]
+            w = np.asarray(self._vocode(self.params, jnp.asarray(padded)))
+            waves = [w[i, : target_lens[i] * self.hop] for i in range(n)]
+        timings["vocoder"] += time.perf_counter() - t0
+        results = []
+        for i, r in enumerate(chunk):
+            stopped = bool(lengths[i] < decode.max_new_tokens) or r["target"] > 0
+            info = {"text_tokens": len(r["ids"]), "codes": int(code_lens[i]), "mel_frames": int(target_lens[i]),
+                    "target_tokens": int(r["target"]) or None, "stopped": stopped,
+                    "samples": int(target_lens[i]) * self.hop}
+            if not stopped:
+                warnings.warn(f"segment {r['seg']} of job {r['job']}: no stop token within max_mel_tokens="
+                              f"{decode.max_new_tokens}", RuntimeWarning, stacklevel=3)
+            results.append((np.clip(waves[i].astype(np.float32), -1.0, 1.0), info))
+        return results
+
+    # -- files -------------------------------------------------------------------------------
+    def synthesize_jsonl(self, jobs_path, out_dir, *, batch_size: int = 8, progress: bool = False,
+                         **sampling) -> dict:
+        """Read jobs (one JSON object per line; keys as :meth:`synthesize_batch`), write ``<out or id or
+        index>.wav`` (16-bit PCM) into ``out_dir`` and ``report.json``; returns the report."""
+        jobs = []
+        with open(jobs_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    jobs.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{jobs_path}:{lineno}: not JSON ({e})") from e
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        base = Path(jobs_path).parent
+        for job in jobs:
+            for k in ("speaker_prompt", "emotion_prompt"):
+                if job.get(k) and not os.path.isabs(job[k]) and (base / job[k]).exists():
+                    job[k] = str(base / job[k])
+        results = self.synthesize_batch(jobs, batch_size=batch_size, progress=progress, **sampling)
+        entries = []
+        for i, (wave, sr, report) in enumerate(results):
+            name = jobs[i].get("out") or f"{jobs[i].get('id', f'{i:05d}')}.wav"
+            path = out_dir / name
+            write_wav(path, wave, sr)
+            entry = {k: v for k, v in report.items() if k != "batch"}
+            entry["wav"] = str(path)
+            entries.append(entry)
+        summary = {"jobs": entries, "batch": results[0][2]["batch"] if results else {}}
+        (out_dir / "report.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        return summary
+
+
+def write_wav(path, wave: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM WAV (as infer_v2's ``save_pcm_wav``: clamp to [-1, 1])."""
+    import soundfile as sf
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(np.asarray(wave, np.float32), -1.0, 1.0), int(sample_rate), subtype="PCM_16")
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# stage functions (traced inside the jits above)
+# ---------------------------------------------------------------------------------------------
+def _packed_latent(m: gpt.UnifiedVoice, conds, text_ids, text_lens, codes, code_lens):
+    """Teacher-forced latent of right-padded rows, each packed as ``[conds][0, t_1..t_n, 1][start, c_1..c_m,
+    stop]`` (positions 0.. in each part) so that padding never sits inside a row: (B, M, D), row i of item b
+    is ``final_norm(h)`` at the mel input i (start, c_1 .. c_{M-1}); rows >= code_lens[b] are garbage."""
+    cfg = m.config
+    b, length = text_ids.shape
+    mlen = codes.shape[1]
+    c = conds.shape[1]
+    j = jnp.arange(length + 2)[None, :]
+    n = text_lens[:, None]
+    body = jnp.take_along_axis(text_ids, jnp.clip(j - 1, 0, length - 1), axis=1)
+    tid = jnp.where(j == 0, cfg.start_text_token, jnp.where(j <= n, body, cfg.stop_text_token))
+    tpos = jnp.broadcast_to(jnp.minimum(j, cfg.text_positions - 1), tid.shape)
+    k = jnp.arange(mlen + 2)[None, :]
+    cb = jnp.take_along_axis(codes, jnp.clip(k - 1, 0, mlen - 1), axis=1)
+    mid = jnp.where(k == 0, cfg.start_mel_token, jnp.where(k <= code_lens[:, None], cb, cfg.stop_mel_token))
+    mpos = jnp.broadcast_to(jnp.minimum(k, cfg.mel_positions - 1), mid.shape)
+    rows = jnp.concatenate([conds.astype(m.dtype), m.embed_text(tid, tpos), m.embed_mel(mid, mpos)], axis=1)
+    total = rows.shape[1]
+    p = jnp.arange(total)[None, :]
+    text_end = c + n + 2  # (B, 1): first mel slot of each packed row
+    src = jnp.where(p < text_end, p, p - text_end + c + length + 2)
+    x = jnp.take_along_axis(rows, jnp.clip(src, 0, total - 1)[:, :, None], axis=1)
+    hidden, _ = m.gpt(x, causal_mask(total))
+    idx = jnp.clip(text_end + jnp.arange(mlen)[None, :], 0, total - 1)
+    h = jnp.take_along_axis(hidden, idx[:, :, None], axis=1)
+    return m.final_norm(h)
+
+
+def _frame_noise(keys, ref_lens, t_len: int, n_mels: int):
+    """CFM start noise (B, t_len, n_mels): frame t of item b is N(0, I) from fold_in(keys[b], t - ref_lens[b]),
+    so each generated frame's noise is independent of padding, batching and bucket sizes."""
+
+    def one(key, p):
+        idx = jnp.maximum(jnp.arange(t_len) - p, 0)
+        return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (n_mels,), jnp.float32))(idx)
+
+    return jax.vmap(one)(keys, ref_lens)
+
+
+def _s2m_stage(params, cfg: s2mel.S2MelConfig, codec_cfg, S_ref, S_ref_lens, ref_mel, ref_lens, style, latent,
+               codes, code_lens, target_lens, noise_keys, g_max: int, n_steps: int, cfg_rate: float, dtype):
+    """infer_v2's S2M steps on padded rows: vq2emb(codes) + gpt_layer(latent) -> LR to target_lens frames,
+    prompt condition LR(S_ref, ref_lens), CFM (CFG) with the reference mel in context -> (B, g_max, n_mels)."""
+    sp = params["s2mel"]
+    p_max = ref_mel.shape[1]
+    t_len = p_max + g_max
+    lr = s2mel.InterpolateRegulator(cfg.length_regulator, dtype=dtype)
+    prompt_condition = lr.apply({"params": sp["length_regulator"]}, S_ref, ref_lens, p_max, S_ref_lens)
+    code_emb = semantic_codec.SemanticCodec(codec_cfg).apply({"params": params["codec"]}, codes,
+                                                               method=semantic_codec.SemanticCodec.vq2emb)
+    gpt_out = s2mel.GptLayer(cfg.gpt_layer_dims, dtype=dtype).apply({"params": sp["gpt_layer"]}, latent)
+    S_infer = code_emb.astype(jnp.float32) + gpt_out.astype(jnp.float32)
+    cond = lr.apply({"params": sp["length_regulator"]}, S_infer, target_lens, g_max, code_lens)
+    pos = jnp.arange(t_len)[None, :]
+    both = jnp.concatenate([prompt_condition, cond], axis=1)
+    src = jnp.where(pos < ref_lens[:, None], pos, p_max + pos - ref_lens[:, None])
+    total = ref_lens + target_lens
+    mu = jnp.take_along_axis(both, jnp.clip(src, 0, both.shape[1] - 1)[:, :, None], axis=1)
+    mu = jnp.where((pos < total[:, None])[:, :, None], mu, 0)
+    noise = _frame_noise(noise_keys, ref_lens, t_len, cfg.n_mels)
+    full = s2mel.cfm_inference(sp["estimator"], cfg, mu, total, ref_mel, style, n_steps, cfg_rate, noise=noise,
+                               prompt_lens=ref_lens, per_item_padding=True, dtype=dtype)
+    j = jnp.arange(g_max)[None, :]
+    idx = jnp.clip(ref_lens[:, None] + j, 0, t_len - 1)
+    out = jnp.take_along_axis(full, idx[:, :, None], axis=1)
+    return jnp.where((j < target_lens[:, None])[:, :, None], out, 0)
+
+
+__all__ = [
+    "EMOTIONS", "ComponentConfigs", "EmotionTextUnavailableError", "IndexTTS2", "batch_bucket", "bucket_size",
+    "component_configs", "split_tokens", "vocoder_context_frames", "write_wav",
+]
