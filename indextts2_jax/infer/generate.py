@@ -21,6 +21,17 @@ token is masked before N codes and forced at N (applied after the repetition pen
 warpers). This works with the released weights.
 
 Outputs are trimmed on the host by :func:`trim_codes` (cut at the first stop, as infer_v2 does).
+
+The infer_v2 T2S flow with this API (``m = UnifiedVoice(cfg)``, ``v = {"params": params}``; prompt
+features (1, T, 1024) with lengths ``[T]``: infer_v2 passes 1024 as every length, i.e. nothing masked)::
+
+    latents = m.apply(v, spk, spk_len, method=UnifiedVoice.speaker_conditioning)             # (1, 32, D)
+    emovec = m.apply(v, spk, spk_len, emo, emo_len, alpha, method=UnifiedVoice.merge_emovec)  # (1, D)
+    conds = m.apply(v, latents, emovec, method=UnifiedVoice.conditioning_block)               # (1, 34, D)
+    out = generate(m, params, conds, text_ids, decode=DecodeConfig(), rng=jax.random.PRNGKey(seed))
+    codes = trim_codes(out)[0][None]                                                          # (1, m)
+    latent = m.apply(v, conds, text_ids, None, codes, None, return_logits=False,
+                     method=UnifiedVoice.teacher_forced)["latent"]                           # (1, m, D) for S2M
 """
 
 from __future__ import annotations
