@@ -120,14 +120,37 @@ def _conv_init(std: float | None):
 _bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",))
 
 
+def _weight_normed(module: nn.Module, kernel: Array, norm_axes: tuple[int, ...], gain_axis_name: str) -> Array:
+    """``gain * kernel / ||kernel||`` with the norm over ``norm_axes``; ``gain`` (one per remaining axis entry)
+    is a param initialised to the initial kernel's norm, so the initial weight is the drawn kernel.
+    """
+    kept = [a for a in range(kernel.ndim) if a not in norm_axes]
+    (axis,) = kept
+    k32 = kernel.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(k32**2, axis=norm_axes, keepdims=True))
+
+    def gain_init(_, shape, dtype):
+        return norm.reshape(shape).astype(dtype)
+
+    gain = module.param("gain", nn.with_logical_partitioning(gain_init, (gain_axis_name,)), (kernel.shape[axis],),
+                        module.param_dtype)
+    shape = [1] * kernel.ndim
+    shape[axis] = kernel.shape[axis]
+    return k32 * (gain.astype(jnp.float32).reshape(shape) / jnp.maximum(norm, 1e-12))
+
+
 class Conv1d(nn.Module):
-    """'Same'-padded 1-D conv on (B, T, C_in) -> (B, T, C_out); params ``kernel`` (k, C_in, C_out), ``bias``."""
+    """'Same'-padded 1-D conv on (B, T, C_in) -> (B, T, C_out); params ``kernel`` (k, C_in, C_out), ``bias``.
+
+    ``weight_norm=True``: ``kernel`` is the direction v and ``gain`` (C_out,) the norm g (torch ``weight_norm``).
+    """
 
     features: int
     kernel_size: int
     dilation: int = 1
     use_bias: bool = True
     init_std: float | None = 0.01
+    weight_norm: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     precision: Any = None
@@ -137,6 +160,8 @@ class Conv1d(nn.Module):
         kernel = self.param(
             "kernel", _conv_init(self.init_std), (self.kernel_size, x.shape[-1], self.features), self.param_dtype
         )
+        if self.weight_norm:
+            kernel = _weight_normed(self, kernel, (0, 1), "conv_out")
         pad = (self.kernel_size * self.dilation - self.dilation) // 2
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype),
@@ -158,6 +183,7 @@ class ConvTranspose1d(nn.Module):
     Param ``kernel`` (k, C_in, C_out): input frame t adds ``x[t] @ kernel[j]`` to output ``t*stride + j - padding``
     (torch weight (C_in, C_out, k) transposed, no flip). Computed in polyphase form: one matmul with all taps,
     then an overlap-add of ``ceil(k/stride)`` shifted blocks, so no zero-stuffed samples are multiplied.
+    ``weight_norm=True``: ``gain`` (C_in,) as torch's ``weight_norm`` on a (C_in, C_out, k) weight.
     """
 
     features: int
@@ -165,6 +191,7 @@ class ConvTranspose1d(nn.Module):
     stride: int
     padding: int = 0
     init_std: float = 0.01
+    weight_norm: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     precision: Any = None
@@ -173,6 +200,8 @@ class ConvTranspose1d(nn.Module):
     def __call__(self, x: Array) -> Array:
         k, u = self.kernel_size, self.stride
         kernel = self.param("kernel", _conv_init(self.init_std), (k, x.shape[-1], self.features), self.param_dtype)
+        if self.weight_norm:
+            kernel = _weight_normed(self, kernel, (0, 2), "conv_in")
         bias = self.param("bias", _bias_init, (self.features,), self.param_dtype)
         n_blocks = -(-k // u)
         kernel = jnp.pad(kernel.astype(self.dtype), ((0, n_blocks * u - k), (0, 0), (0, 0)))
@@ -196,13 +225,15 @@ class AMPBlock1(nn.Module):
     dilations: tuple[int, ...]
     use_beta: bool = True
     logscale: bool = True
+    weight_norm: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     precision: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+                      weight_norm=self.weight_norm)
         for j, d in enumerate(self.dilations):
             act1 = SnakeActivation1d(self.channels, self.use_beta, self.logscale, param_dtype=self.param_dtype,
                                      name=f"activations_{2 * j}")
@@ -220,6 +251,8 @@ class BigVGAN(nn.Module):
     """BigVGAN v2 generator: mel (B, T, num_mels) -> waveform (B, T * hop_length), in [-1, 1].
 
     ``remat=True`` rematerialises each AMP block in the backward pass (training memory).
+    ``weight_norm=True`` parametrises every conv as the official training does (``kernel`` = v, ``gain`` = g);
+    :func:`remove_weight_norm` folds such params into the plain (inference) layout.
     """
 
     config: BigVGANConfig = BigVGANConfig()
@@ -227,11 +260,13 @@ class BigVGAN(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     precision: Any = None
     remat: bool = False
+    weight_norm: bool = False
 
     @nn.compact
     def __call__(self, mel: Array) -> Array:
         cfg = self.config
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+                      weight_norm=self.weight_norm)
         use_beta = cfg.activation == "snakebeta"
         block_cls = nn.remat(AMPBlock1) if self.remat else AMPBlock1
         x = Conv1d(cfg.upsample_initial_channel, 7, init_std=None, name="conv_pre", **common)(mel.astype(self.dtype))
@@ -254,16 +289,16 @@ class BigVGAN(nn.Module):
 
 
 @functools.lru_cache(maxsize=16)
-def abstract_params(config: BigVGANConfig, param_dtype=jnp.float32) -> dict:
+def abstract_params(config: BigVGANConfig, param_dtype=jnp.float32, weight_norm: bool = False) -> dict:
     """ShapeDtypeStructs of the generator's params (no allocation)."""
-    model = BigVGAN(config, param_dtype=param_dtype)
+    model = BigVGAN(config, param_dtype=param_dtype, weight_norm=weight_norm)
     mel = jax.ShapeDtypeStruct((1, 4, config.num_mels), jnp.float32)
     return jax.eval_shape(lambda m: nn.unbox(model.init(jax.random.PRNGKey(0), m))["params"], mel)
 
 
-def init_params(config: BigVGANConfig, rng: jax.Array, param_dtype=jnp.float32) -> dict:
+def init_params(config: BigVGANConfig, rng: jax.Array, param_dtype=jnp.float32, weight_norm: bool = False) -> dict:
     """Randomly initialised plain params (as the official init: conv weights ~ N(0, 0.01))."""
-    model = BigVGAN(config, param_dtype=param_dtype)
+    model = BigVGAN(config, param_dtype=param_dtype, weight_norm=weight_norm)
     mel = jnp.zeros((1, 4, config.num_mels), jnp.float32)
     return jax.jit(lambda r: nn.unbox(model.init(r, mel))["params"])(rng)
 
@@ -297,36 +332,84 @@ def _activation_from_torch(sd: StateDict, use_beta: bool) -> dict:
     return out
 
 
-def from_torch(state_dict: Mapping[str, Any], config: BigVGANConfig) -> dict:
+def _conv_from_torch(sd: StateDict, bias: bool, transposed: bool, weight_norm: bool) -> dict:
+    """One (transposed) conv; with ``weight_norm`` as {kernel: v, gain: g} (g computed if the weight is plain)."""
+    if not weight_norm:
+        return sd.conv_transpose1d(bias=bias) if transposed else sd.conv1d(bias=bias)
+    if sd.has("weight_v"):
+        v, g = sd.take("weight_v"), sd.take("weight_g")
+    else:
+        v = sd.take("weight")
+        g = np.sqrt(np.sum(np.asarray(v, np.float64) ** 2, axis=tuple(range(1, v.ndim))))
+    out = {
+        "kernel": np.ascontiguousarray(v.transpose(2, 0, 1) if transposed else v.transpose(2, 1, 0)),
+        "gain": np.asarray(g).reshape(-1),
+    }
+    if bias:
+        out["bias"] = sd.take("bias")
+    return out
+
+
+def from_torch(state_dict: Mapping[str, Any], config: BigVGANConfig, weight_norm: bool = False) -> dict:
     """Official BigVGAN state dict (``{'generator': sd}`` or flat; weight-normed or not) -> plain params.
 
-    Weight norm (``weight_g``/``weight_v``) is folded (for ConvTranspose1d the norm is per input channel).
-    The stored anti-aliasing filter buffers are consumed and checked against the computed filter.
+    ``weight_norm=False`` (inference): ``weight_g``/``weight_v`` are folded (for ConvTranspose1d the norm is per
+    input channel). ``weight_norm=True`` (for ``BigVGAN(weight_norm=True)``, fine-tuning as the official
+    training does): v and g are kept; a plain checkpoint gets ``g = ||w||``. The stored anti-aliasing filter
+    buffers are consumed and checked against the computed filter.
     """
     if "generator" in state_dict and isinstance(state_dict["generator"], Mapping):
         state_dict = state_dict["generator"]
     sd = StateDict(state_dict)
     use_beta = config.activation == "snakebeta"
     n_kernels = len(config.resblock_kernel_sizes)
-    params: dict[str, Any] = {"conv_pre": sd.sub("conv_pre").conv1d(bias=True)}
+    wn = weight_norm
+    params: dict[str, Any] = {"conv_pre": _conv_from_torch(sd.sub("conv_pre"), True, False, wn)}
     for i in range(len(config.upsample_rates)):
-        params[f"ups_{i}"] = sd.sub(f"ups.{i}.0").conv_transpose1d(bias=True)
+        params[f"ups_{i}"] = _conv_from_torch(sd.sub(f"ups.{i}.0"), True, True, wn)
         for j, dil in enumerate(config.resblock_dilation_sizes):
             n = i * n_kernels + j
             rb = sd.sub(f"resblocks.{n}")
             block: dict[str, Any] = {}
             for m in range(len(dil)):
-                block[f"convs1_{m}"] = rb.sub(f"convs1.{m}").conv1d(bias=True)
-                block[f"convs2_{m}"] = rb.sub(f"convs2.{m}").conv1d(bias=True)
+                block[f"convs1_{m}"] = _conv_from_torch(rb.sub(f"convs1.{m}"), True, False, wn)
+                block[f"convs2_{m}"] = _conv_from_torch(rb.sub(f"convs2.{m}"), True, False, wn)
             for m in range(2 * len(dil)):
                 block[f"activations_{m}"] = _activation_from_torch(rb.sub(f"activations.{m}"), use_beta)
             params[f"resblocks_{n}"] = block
     params["activation_post"] = _activation_from_torch(sd.sub("activation_post"), use_beta)
-    params["conv_post"] = sd.sub("conv_post").conv1d(bias=config.use_bias_at_final)
+    params["conv_post"] = _conv_from_torch(sd.sub("conv_post"), config.use_bias_at_final, False, wn)
     sd.finish()
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    check_params_match(params, abstract_params(config), "BigVGAN params")
+    check_params_match(params, abstract_params(config, weight_norm=weight_norm), "BigVGAN params")
     return params
+
+
+def remove_weight_norm(params: Mapping[str, Any]) -> dict:
+    """Fold ``{kernel: v, gain: g}`` convs of a ``BigVGAN(weight_norm=True)`` into plain kernels (for inference).
+
+    Conv kernels (k, C_in, C_out) are normalised per output channel; ConvTranspose kernels (``ups_*``, torch
+    layout (C_in, C_out, k)) per input channel.
+    """
+
+    def fold(tree: Mapping[str, Any], transposed: bool) -> dict:
+        out = {}
+        for name, value in tree.items():
+            if isinstance(value, Mapping):
+                out[name] = fold(value, name.startswith("ups_"))
+            elif name == "gain":
+                continue
+            elif name == "kernel" and "gain" in tree:
+                v = np.asarray(value, np.float64)
+                axes = (0, 2) if transposed else (0, 1)
+                norm = np.sqrt(np.sum(v * v, axis=axes, keepdims=True))
+                g = np.asarray(tree["gain"], np.float64).reshape(norm.shape)
+                out[name] = (g * v / norm).astype(np.asarray(value).dtype)
+            else:
+                out[name] = value
+        return out
+
+    return fold(params, False)
 
 
 def synthesis_seconds(num_frames: int, config: BigVGANConfig) -> float:
@@ -343,5 +426,6 @@ __all__ = [
     "abstract_params",
     "from_torch",
     "init_params",
+    "remove_weight_norm",
     "synthesis_seconds",
 ]
