@@ -28,13 +28,15 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        "dev": ["pytest>=8", "ruff>=0.6", "torch==2.13.0"],
         # Reading official .pth checkpoints needs torch; `pip install torch==2.13.0` takes the CPU wheel here.
         "convert": ["torch>=2.4"],
     },
     entry_points={
         "console_scripts": [
             "indextts2-train=experiments.train:run",
+            "indextts2-convert=experiments.convert:run",
+            "indextts2-export=experiments.export:run",
         ],
     },
 )
