@@ -35,6 +35,7 @@ setup(
     entry_points={
         "console_scripts": [
             "indextts2-train=experiments.train:run",
+            "indextts2-synthesize=experiments.synthesize:run",
             "indextts2-convert=experiments.convert:run",
             "indextts2-export=experiments.export:run",
         ],

@@ -35,16 +35,26 @@ BPE_CORPUS = (
 )
 
 
-def tiny_config(seed_scale: int = 1) -> ml_collections.ConfigDict:
-    """The demo sizes (``configs/demo.py``) with 1024-d semantic features (see the module doc)."""
+def tiny_config(scale: int = 1, minimal: bool = False) -> ml_collections.ConfigDict:
+    """The demo sizes (``configs/demo.py``) with 1024-d semantic features (see the module doc).
+
+    ``minimal`` shrinks what dominates compile time for unit tests: a 3-stage BigVGAN (8x8x4 = 256x) with
+    one resblock kernel, a 3-layer DiT, one w2v-BERT layer.
+    """
     from configs import demo
 
-    c = demo.get_config(f"scale={seed_scale}")
+    c = demo.get_config(f"scale={scale}")
     m, a = c.model, c.aux
     m.semantic_codec.hidden_size = 1024
     m.s2mel.length_regulator.in_channels = 1024
     a.w2v_bert.update(dict(hidden_size=1024, num_attention_heads=8, intermediate_size=64, num_hidden_layers=2,
                            get_emb_hidden_index=2, conv_depthwise_kernel_size=5))
+    if minimal:
+        a.w2v_bert.update(dict(num_hidden_layers=1, get_emb_hidden_index=1))
+        m.s2mel.DiT.depth = 3
+        m.semantic_codec.vocos_num_layers = 1
+        a.bigvgan.update(dict(upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=32,
+                              resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]]))
     out = ml_collections.ConfigDict()
     out.model, out.aux, out.inference = m, a, c.inference
     return out

@@ -1,0 +1,236 @@
+"""End-to-end synthesis (indextts2_jax/infer/pipeline.py, experiments/synthesize.py) at tiny random sizes.
+
+One model (``random_assets(tiny_config(minimal=True))``, 2 diffusion steps) is shared by every test so the
+jitted stages compile once per shape bucket; greedy decoding with few codes keeps the runs short.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+from indextts2_jax import errors
+from indextts2_jax.infer import pipeline
+from indextts2_jax.infer.random_assets import random_assets, tiny_config
+from indextts2_jax.models import gpt
+
+GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=10.0, max_mel_tokens=16)
+# random weights rarely emit the stop token: segments run to max_mel_tokens (the pipeline warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*no stop token:RuntimeWarning")
+
+TEXT = "hello world, this is a test. the quick brown fox jumps over the lazy dog."
+TEXT2 = "she sells sea shells by the sea shore. how much wood would a woodchuck chuck?"
+
+
+@pytest.fixture(scope="module")
+def tts():
+    return pipeline.IndexTTS2(random_assets(tiny_config(minimal=True), seed=0), diffusion_steps=2)
+
+
+def _tone(path, seconds, sr, freq, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    wave = 0.2 * np.sin(2 * np.pi * freq * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.normal(size=t.size)
+    sf.write(str(path), wave.astype(np.float32), sr)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prompts")
+    return {
+        "spk": _tone(d / "spk.wav", 1.5, 22050, 220.0, 0),
+        "spk2": _tone(d / "spk2.wav", 1.5, 22050, 180.0, 1),
+        "emo": _tone(d / "emo.wav", 1.3, 16000, 330.0, 2),
+        "dir": d,
+    }
+
+
+def _expected_samples(tts, report):
+    frames = [int(np.trunc(np.float32(s["codes"]) * np.float32(1.72))) for s in report["segments"]]
+    n = len(frames)
+    return sum(frames) * 256 + (n - 1) * int(22050 * 0.2)
+
+
+def test_audio_length_finite_and_segments(tts, prompts):
+    wave, sr, report = tts.synthesize(TEXT, prompts["spk"], max_text_tokens_per_segment=24, **GREEDY)
+    assert sr == 22050 and wave.dtype == np.float32
+    assert len(report["segments"]) >= 2
+    assert np.all(np.isfinite(wave)) and np.max(np.abs(wave)) <= 1.0 and np.std(wave) > 0
+    assert wave.shape[0] == _expected_samples(tts, report)
+    for seg in report["segments"]:
+        assert seg["mel_frames"] == int(np.float32(seg["codes"]) * np.float32(1.72))
+        assert seg["samples"] == seg["mel_frames"] * 256
+    # the silence between segments is exact zeros
+    first = report["segments"][0]["samples"]
+    assert np.all(wave[first: first + int(22050 * 0.2)] == 0)
+    t = report["timings_s"]
+    assert set(t) >= {"prompt", "conditioning", "generation", "latent", "s2m", "vocoder"} and report["rtf"] > 0
+
+
+def test_second_text_compiles_nothing(tts, prompts):
+    tts.synthesize(TEXT, prompts["spk"], max_text_tokens_per_segment=24, **GREEDY)  # warm (no-op if warm)
+    compiles = []
+
+    def listener(event, duration, **kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        wave, _, report = tts.synthesize(TEXT2, prompts["spk"], max_text_tokens_per_segment=24, **GREEDY)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert report["batch"]["new_compiles"] == 0
+    assert compiles == [], f"XLA compiled {len(compiles)} programs for a new text"
+    assert report["batch"]["prompt_cache"]["hits"] >= 2 and report["batch"]["prompt_cache"]["misses"] == 0
+
+
+def test_seed_determinism_and_sampling(tts, prompts):
+    opts = dict(do_sample=True, num_beams=1, top_k=30, top_p=0.8, temperature=1.0, max_mel_tokens=16)
+    a, _, ra = tts.synthesize("hello world.", prompts["spk"], seed=3, **opts)
+    b, _, _ = tts.synthesize("hello world.", prompts["spk"], seed=3, **opts)
+    c, _, _ = tts.synthesize("hello world.", prompts["spk"], seed=4, **opts)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_target_tokens_exact(tts, prompts):
+    wave, _, report = tts.synthesize(TEXT, prompts["spk"], target_tokens=21, max_text_tokens_per_segment=24,
+                                     **GREEDY)
+    codes = [s["codes"] for s in report["segments"]]
+    assert sum(codes) == 21
+    assert codes == pipeline.split_tokens(21, [s["text_tokens"] for s in report["segments"]])
+    assert wave.shape[0] == _expected_samples(tts, report)
+    # duration -> codes at 22050 / 256 / 1.72 codes per second, silences subtracted
+    n = len(codes)
+    assert tts.duration_to_tokens(2.0, n, 200) == round((2.0 - 0.2 * (n - 1)) * 22050 / 256 / 1.72)
+    _, _, rep = tts.synthesize("hello world.", prompts["spk"], duration_seconds=0.3, **GREEDY)
+    assert rep["segments"][0]["codes"] == round(0.3 * 22050 / 256 / 1.72)
+    with pytest.raises(errors.ConfigError):
+        tts.synthesize("hello world.", prompts["spk"], target_tokens=40, **GREEDY)  # > max_mel_tokens
+
+
+def test_split_tokens_and_buckets():
+    assert pipeline.split_tokens(10, [1, 1]) == [5, 5]
+    assert sum(pipeline.split_tokens(101, [3, 7, 11])) == 101
+    assert min(pipeline.split_tokens(5, [100, 1, 1])) >= 1
+    assert [pipeline.bucket_size(n, 16) for n in (1, 16, 17, 25, 33, 49, 97)] == [16, 16, 24, 32, 48, 64, 128]
+    assert pipeline.bucket_size(70, buckets=(50, 100)) == 100
+
+
+def test_batch_equals_one_by_one(tts, prompts):
+    jobs = [
+        dict(text="hello world.", speaker_prompt=prompts["spk"], target_tokens=9, seed=1),
+        dict(text="the quick brown fox jumps over the lazy dog.", speaker_prompt=prompts["spk2"], seed=2,
+             emotion_prompt=prompts["emo"], emotion_alpha=0.6),
+    ]
+    batch = tts.synthesize_batch(jobs, batch_size=2, **GREEDY)
+    for job, (wave_b, _, rep_b) in zip(jobs, batch):
+        wave_1, _, rep_1 = tts.synthesize_batch([job], batch_size=1, **GREEDY)[0]
+        assert [s["codes"] for s in rep_b["segments"]] == [s["codes"] for s in rep_1["segments"]]
+        assert wave_b.shape == wave_1.shape
+        # same codes; float32 rounding differs with the padded shapes (attention sums, conv tiling)
+        np.testing.assert_allclose(wave_b, wave_1, atol=2e-4, rtol=0)
+
+
+def test_emotion_modes(tts, prompts):
+    spk = prompts["spk"]
+    base, _, r0 = tts.synthesize("hello world.", spk, **GREEDY)
+    assert r0["emotion_mode"] == "speaker"
+    audio, _, r1 = tts.synthesize("hello world.", spk, emotion_prompt=prompts["emo"], emotion_alpha=0.7, **GREEDY)
+    assert r1["emotion_mode"] == "audio" and r1["emotion_alpha"] == 0.7
+    vec = [0, 0, 0.5, 0, 0, 0, 0, 0.2]
+    v, _, r2 = tts.synthesize("hello world.", spk, emotion_vector=vec, emotion_prompt=prompts["emo"], **GREEDY)
+    assert r2["emotion_mode"] == "vector" and r2["emotion_prompt"] == spk and r2.get("warnings")
+    _, _, r3 = tts.synthesize("hello world.", spk, emotion_vector=vec, emotion_alpha=0.5, **GREEDY)
+    assert r3["emotion_vector"] == [0, 0, 0.25, 0, 0, 0, 0, 0.1]
+    for w in (audio, v):
+        assert np.all(np.isfinite(w)) and not np.array_equal(w[: base.size], base[: w.size])
+    with pytest.raises(pipeline.EmotionTextUnavailableError, match="QwenEmotion"):
+        tts.synthesize("hello world.", spk, use_emotion_text=True, **GREEDY)
+    with pytest.raises(errors.ConfigError):
+        tts.synthesize("hello world.", spk, emotion_vector=[1, 2, 3], **GREEDY)
+
+
+def test_emotion_vector_row_selection(tts):
+    style = tts.spk_rows[2][1] * 3.0  # closest (cosine) to row 1 of category "sad"
+    w = [0, 0, 1.0, 0, 0, 0, 0, 0]
+    np.testing.assert_allclose(tts.emotion_matrix_vector(style, w), tts.emo_rows[2][1], rtol=1e-6)
+
+
+def test_prompt_cache_hit(tts, prompts):
+    tts.synthesize("hello world.", prompts["spk"], **GREEDY)
+    before = dict(tts.cache_stats)
+    _, _, rep = tts.synthesize("hello again.", prompts["spk"], **GREEDY)
+    assert tts.cache_stats["misses"] == before["misses"]
+    assert tts.cache_stats["hits"] == before["hits"] + 2  # speaker + its own emotion path
+
+
+def test_latent_packing_equals_teacher_forced(tts):
+    """The packed latent of a padded row equals UnifiedVoice.teacher_forced on the unpadded row."""
+    cfg = tts.cfg.gpt
+    rng = np.random.default_rng(0)
+    conds = jnp.asarray(rng.normal(size=(1, cfg.cond_rows, cfg.model_dim)).astype(np.float32))
+    ids = rng.integers(3, 100, size=(1, 7)).astype(np.int32)
+    codes = rng.integers(0, 200, size=(1, 5)).astype(np.int32)
+    ref = tts.gpt_model.apply({"params": tts.params["gpt"]}, conds, jnp.asarray(ids), None, jnp.asarray(codes), None,
+                              False, method=gpt.UnifiedVoice.teacher_forced)["latent"]
+    pad_ids = np.concatenate([ids, np.ones((1, 9), np.int32)], 1)
+    pad_codes = np.concatenate([codes, np.zeros((1, 27), np.int32)], 1)
+    got = tts._latent(tts.params, conds, jnp.asarray(pad_ids), jnp.array([7]), jnp.asarray(pad_codes), jnp.array([5]))
+    np.testing.assert_allclose(np.asarray(got)[:, :5], np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs(tts, prompts):
+    spk = prompts["spk"]
+    with pytest.raises(errors.EmptyTextError):
+        tts.synthesize("   ", spk, **GREEDY)
+    with pytest.raises(errors.UnpronounceableTextError):
+        tts.synthesize("?!… ✓✓", spk, **GREEDY)
+    with pytest.raises(errors.AudioFileNotFoundError):
+        tts.synthesize("hello world.", str(prompts["dir"] / "missing.wav"), **GREEDY)
+    corrupt = prompts["dir"] / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
+    with pytest.raises(errors.AudioDecodeError):
+        tts.synthesize("hello world.", str(corrupt), **GREEDY)
+    silent = prompts["dir"] / "silent.wav"
+    sf.write(str(silent), np.zeros(22050, np.float32), 22050)
+    with pytest.raises(errors.SilentAudioError):
+        tts.synthesize("hello world.", str(silent), **GREEDY)
+    with pytest.raises(errors.SilentAudioError):
+        tts.synthesize("hello world.", spk, emotion_prompt=str(silent), **GREEDY)
+    with pytest.raises(errors.ConfigError):
+        tts.synthesize("hello world.", spk, target_tokens=5, duration_seconds=1.0, **GREEDY)
+
+
+def test_cli_writes_wav_and_json(tts, prompts, tmp_path, capsys):
+    from experiments import synthesize as cli
+
+    out = tmp_path / "out.wav"
+    argv = ["--model", "unused", "--text", "hello world.", "--speaker_prompt", prompts["spk"], "--out", str(out),
+            "--no-do_sample", "--num_beams", "1", "--max_mel_tokens", "16", "--target_tokens", "12", "--json",
+            "--no_progress", "--emotion_vector", "0", "0", "0.3", "0", "0", "0", "0", "0"]
+    cli.main(argv, tts=tts)
+    report = json.loads(capsys.readouterr().out)
+    data, sr = sf.read(str(out), dtype="int16")
+    assert sr == 22050 and data.shape[0] == int(12 * 1.72) * 256
+    assert report["segments"][0]["codes"] == 12 and report["emotion_mode"] == "vector"
+    assert set(report["batch"]["timings_s"]) >= {"prompt", "conditioning", "generation", "latent", "s2m", "vocoder"}
+    assert report["batch"]["rtf"] > 0
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps(j) for j in [
+        {"text": "hello world.", "speaker_prompt": prompts["spk"], "target_tokens": 8, "id": "a"},
+        {"text": "hello again.", "speaker_prompt": prompts["spk"], "target_tokens": 10, "out": "b.wav"},
+    ]) + "\n")
+    cli.main(["--model", "unused", "--jobs", str(jobs), "--out_dir", str(tmp_path / "wavs"), "--no-do_sample",
+              "--num_beams", "1", "--max_mel_tokens", "16", "--batch_size", "2", "--no_progress"], tts=tts)
+    rep = json.loads((tmp_path / "wavs" / "report.json").read_text())
+    assert [j["wav"].split("/")[-1] for j in rep["jobs"]] == ["a.wav", "b.wav"]
+    assert sf.info(str(tmp_path / "wavs" / "b.wav")).frames == int(np.float32(10) * np.float32(1.72)) * 256
