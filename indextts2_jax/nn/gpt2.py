@@ -10,8 +10,9 @@ cache, K = the cache length with one. Masked scores get ``finfo(float32).min`` (
 row with every key masked (a left-padding row) softmaxes to a uniform row instead of NaN.
 
 KV cache: a list (one entry per layer) of ``{"k": (B, H, T_max, hd), "v": (B, H, T_max, hd)}``; a
-call with ``cache_index`` writes its S new keys/values at ``[cache_index, cache_index + S)`` and
-attends over the whole buffer (the mask hides unwritten slots).
+call with ``cache_index`` writes its S new keys/values at ``[cache_index, cache_index + S)``. A one-token
+call (decode) attends over the whole buffer (the mask hides unwritten slots); a multi-token call is a
+prefill at ``cache_index`` 0 and attends over its own S keys only (``mask[..., :S]``).
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ class GPT2Attention(nn.Module):
         new_cache = None
         if cache is not None:
             start = (0, 0, cache_index, 0)
-            k = lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            new_cache = {"k": k, "v": v}
+            k_all = lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v_all = lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            new_cache = {"k": k_all, "v": v_all}
+            if s == 1:  # decode step: attend over the whole buffer (the mask hides unwritten slots)
+                k, v = k_all, v_all
+            else:  # prefill (cache_index 0): the S new keys are all there is, skip the empty slots
+                mask = mask[..., :s]
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
