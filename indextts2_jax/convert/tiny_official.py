@@ -16,7 +16,8 @@ It exists for tests (conversion, export, the synthesis pipeline) and needs torch
 the official loaders carry but our models ignore, e.g. ``x_embedder`` or the anti-aliasing filter
 buffers, are written too, so the directory exercises the converters' ignore rules).
 
-Sizes (``tiny_config()``): ``configs/demo.py``'s widths, except where the official wiring fixes a width:
+Sizes (``tiny_config()``): ``configs/demo.py``'s widths (BigVGAN: 3 up-sampling stages 8*8*4 with one AMP
+block each, hop 256 like the official model, so it compiles fast), except where the official wiring fixes a width:
 w2v-BERT ``hidden_size`` = 1024 (the GPT conditioning encoders read 1024-d features), the semantic
 codec ``hidden_size`` = 1024 (it quantizes those features) and the length regulator's
 ``in_channels`` = 1024 (``gpt_layer`` ends at 1024). ``load_official_model_dir`` takes the S2M
@@ -443,6 +444,9 @@ def tiny_config() -> ml_collections.ConfigDict:
     a.w2v_bert.update(dict(hidden_size=W2V_FEATURES, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
                            get_emb_hidden_index=1))
     a.campplus.update(dict(embedding_size=m.s2mel.style_encoder.dim))
+    # 3 up-sampling stages of one AMP block each (hop 8*8*4 = 256 as the official 4*4*2*2*2*2): compiles fast
+    a.bigvgan.update(dict(upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=32,
+                          resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]]))
     cfg.aux = a
     cfg.inference = ml_collections.ConfigDict(c.inference.to_dict())
     return cfg

@@ -1,0 +1,99 @@
+"""Export an inference bundle from a converted checkpoint (or an official model directory).
+
+    python -m experiments.export --checkpoint converted/indextts2 --out bundles/indextts2 \
+        [--dtype bfloat16] [--serialize_functions] [--buckets bigvgan=256;1024,s2mel_estimator=256;1024]
+
+``--checkpoint`` is a folder written by ``experiments.convert`` (``converted.json``), or an official
+model directory (converted on the fly, cached in ``<dir>/jax_cache``). ``--workdir`` (a training run)
+is not supported yet. The bundle format and the exported functions are described in
+``indextts2_jax.export``. Prints the components, parameter counts, sizes and the time taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from indextts2_jax.errors import IndexTTS2Error
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="indextts2-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="converted checkpoint folder (or an official model directory)")
+    p.add_argument("--workdir", help="a training run's workdir (not supported yet)")
+    p.add_argument("--out", required=True, help="bundle output folder")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="param dtype of the bundle")
+    p.add_argument("--serialize_functions", action="store_true",
+                   help="also write jax.export functions (BigVGAN, S2M estimator step) for fixed frame buckets")
+    p.add_argument("--buckets", default="",
+                   help="frame buckets of the exported functions, e.g. 'bigvgan=256;1024,s2mel_estimator=512'")
+    return p.parse_args(argv)
+
+
+def parse_buckets(text: str) -> dict[str, tuple[int, ...]] | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        name, _, values = item.partition("=")
+        try:
+            out[name.strip()] = tuple(int(v) for v in values.replace("+", ";").split(";") if v.strip())
+        except ValueError:
+            raise SystemExit(f"error: --buckets item {item!r} is not name=N;N;...") from None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.workdir:
+        print("error: --workdir (exporting from a training run) is not supported yet; convert or pass a converted "
+              "checkpoint with --checkpoint", file=sys.stderr)
+        return 2
+    if not args.checkpoint:
+        print("error: --checkpoint is required", file=sys.stderr)
+        return 2
+    from indextts2_jax.convert.official import format_summary, load_converted, load_official_model_dir
+    from indextts2_jax.export import export_bundle, load_bundle
+
+    start = time.time()
+    src = Path(args.checkpoint)
+    try:
+        if (src / "converted.json").is_file():
+            assets = load_converted(src)
+        elif (src / "config.yaml").is_file():
+            assets = load_official_model_dir(src)
+        else:
+            print(f"error: {src} is neither a converted checkpoint (converted.json) nor an official model "
+                  "directory (config.yaml)", file=sys.stderr)
+            return 2
+        out = export_bundle(assets, args.out, dtype=args.dtype, serialize_functions=args.serialize_functions,
+                            buckets=parse_buckets(args.buckets))
+        bundle = load_bundle(out)  # re-read: checks every hash
+    except (IndexTTS2Error, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = [{"component": k, "params": c["num_params"], "bytes": c["bytes"], "dtype": c["dtype"]}
+            for k, c in _components(out).items()]
+    print(f"exported {src} -> {out} ({args.dtype})")
+    print(format_summary(rows, time.time() - start))
+    fns = sorted(bundle.extra.get("functions", {}))
+    if fns:
+        print(f"exported functions: {', '.join(fns)}")
+    return 0
+
+
+def _components(out: Path) -> dict:
+    import json
+
+    return json.loads((out / "bundle.json").read_text())["components"]
+
+
+def run() -> None:
+    """Console-script entry point (``indextts2-export``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

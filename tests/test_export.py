@@ -1,0 +1,154 @@
+"""Converted checkpoints and inference bundles: CLIs, dtypes, integrity checks, exported functions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import convert as convert_cli
+from experiments import export as export_cli
+from indextts2_jax.convert.official import cast_params, component_configs, load_converted
+from indextts2_jax.export import BundleError, bundle_function, export_bundle, load_bundle
+from tests.test_convert_official import assert_trees_equal, tiny_official  # noqa: F401  (session fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_official, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("converted") / "ckpt"
+    assert convert_cli.main(["--model_dir", str(tiny_official.path), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle_f32(converted, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "f32"
+    assert export_cli.main(["--checkpoint", str(converted), "--out", str(out), "--serialize_functions",
+                            "--buckets", "bigvgan=12,s2mel_estimator=20"]) == 0
+    return out
+
+
+def test_convert_cli_output_equals_written(tiny_official, converted, capsys):  # noqa: F811
+    assets = load_converted(converted)
+    for name, params in tiny_official.params.items():
+        assert_trees_equal(assets.params[name], params, name)
+    np.testing.assert_array_equal(assets.emo_matrix, tiny_official.emo_matrix)
+    assert assets.bpe_model == (tiny_official.path / "bpe.model").read_bytes()
+    meta = json.loads((converted / "converted.json").read_text())
+    assert set(meta["components"]) == {"gpt", "s2mel", "semantic_codec", "w2v_bert", "campplus", "bigvgan"}
+
+
+def test_export_cli_bundle_equals_checkpoint(tiny_official, bundle_f32, capsys):  # noqa: F811
+    bundle = load_bundle(bundle_f32)
+    assert bundle.extra["dtype"] == "float32"
+    for name, params in tiny_official.params.items():
+        assert_trees_equal(bundle.params[name], params, name)
+    np.testing.assert_array_equal(bundle.w2v_stats["var"], tiny_official.w2v_stats["var"])
+    np.testing.assert_array_equal(bundle.spk_matrix, tiny_official.spk_matrix)
+    meta = json.loads((bundle_f32 / "bundle.json").read_text())
+    assert set(meta["functions"]) == {"bigvgan_T12", "s2mel_estimator_T20"}
+    assert all(len(v["sha256"]) == 64 for v in meta["sha256"].values())
+
+
+def test_bfloat16_bundle(tiny_official, converted, tmp_path):  # noqa: F811
+    out = tmp_path / "bf16"
+    assert export_cli.main(["--checkpoint", str(converted), "--out", str(out), "--dtype", "bfloat16"]) == 0
+    bundle = load_bundle(out)
+    assert bundle.extra["dtype"] == "bfloat16"
+    for name, params in tiny_official.params.items():
+        assert_trees_equal(bundle.params[name], cast_params(params, "bfloat16"), name)
+    assert str(bundle.params["gpt"]["mel_head"]["kernel"].dtype) == "bfloat16"
+    assert bundle.params["campplus"]["batch_stats"]["tdnn_bn"]["mean"].dtype == np.float32  # kept float32
+    f32_bytes = sum(p.stat().st_size for p in (converted / "params").glob("*"))
+    bf16_bytes = sum(p.stat().st_size for p in (out / "params").glob("*"))
+    assert bf16_bytes < 0.6 * f32_bytes
+
+
+def test_corrupt_truncated_missing_files_are_named(bundle_f32, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_f32, bad)
+    gpt = bad / "params" / "gpt.msgpack"
+    data = bytearray(gpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    gpt.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"params/gpt\.msgpack: sha256 mismatch"):
+        load_bundle(bad)
+    shutil.copy(bundle_f32 / "params" / "gpt.msgpack", gpt)
+    codec = bad / "params" / "semantic_codec.msgpack"
+    codec.write_bytes(codec.read_bytes()[:-100])
+    (bad / "spk_matrix.npy").unlink()
+    with pytest.raises(BundleError) as err:
+        load_bundle(bad)
+    assert "semantic_codec.msgpack" in str(err.value) and "truncated" in str(err.value)
+    assert "spk_matrix.npy: missing" in str(err.value)
+    # without the integrity check a truncated params file still fails clearly
+    shutil.copy(bundle_f32 / "spk_matrix.npy", bad / "spk_matrix.npy")
+    with pytest.raises(BundleError, match="semantic_codec"):
+        load_bundle(bad, verify=False)
+
+
+def test_load_bundle_imports_neither_torch_nor_training_code(bundle_f32):
+    code = (
+        "import sys\n"
+        "from indextts2_jax.export import load_bundle\n"
+        f"a = load_bundle({str(bundle_f32)!r})\n"
+        "assert not a.missing_components()\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('indextts2_jax.train'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_serialized_functions_equal_jitted_originals(bundle_f32):
+    from indextts2_jax.models.bigvgan import BigVGAN
+    from indextts2_jax.models.s2mel import estimate
+
+    bundle = load_bundle(bundle_f32)
+    cc = component_configs(bundle.config)
+    rng = np.random.default_rng(0)
+
+    mel = rng.normal(size=(1, 12, cc["bigvgan"].num_mels)).astype(np.float32)
+    got = bundle_function(bundle, "bigvgan_T12")(bundle.params["bigvgan"], mel)
+    want = jax.jit(lambda p, m: BigVGAN(cc["bigvgan"]).apply({"params": p}, m))(bundle.params["bigvgan"], mel)
+    assert got.shape == (1, 12 * cc["bigvgan"].hop_length)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
+
+    s = cc["s2mel"]
+    t = 20
+    x = rng.normal(size=(2, t, s.n_mels)).astype(np.float32)
+    prompt = np.zeros_like(x)
+    prompt[:, :5] = rng.normal(size=(2, 5, s.n_mels))
+    x_lens = np.array([17, 17], np.int32)
+    tt = np.array([0.3, 0.3], np.float32)
+    style = rng.normal(size=(2, s.style_dim)).astype(np.float32)
+    cond = rng.normal(size=(2, t, s.dit.content_dim)).astype(np.float32)
+    est = bundle.params["s2mel"]["estimator"]
+    got = bundle_function(bundle, "s2mel_estimator_T20")(est, x, prompt, x_lens, tt, style, cond)
+    want = estimate(est, s, x, prompt, x_lens, tt, style, cond, per_item_padding=True)
+    assert np.all(np.isfinite(np.asarray(got)))
+    # same computation, separately compiled: equal to float32 rounding
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    with pytest.raises(KeyError, match="bigvgan_T12"):
+        bundle_function(bundle, "bigvgan_T999")
+
+
+def test_export_refuses_foreign_nonempty_dir_and_workdir(converted, tmp_path, capsys):
+    assets = load_converted(converted)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        export_bundle(assets, tmp_path / "other")
+    assert export_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "not supported yet" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="dtype"):
+        export_bundle(assets, tmp_path / "b", dtype="float16")
