@@ -210,3 +210,12 @@ def test_gan_steps_lower_mel_loss(steps=5):
         mel_losses.append(float(parts["mel"]))
     # parts["mel"] is measured before each step's update: the last one reflects 4 updates
     assert mel_losses[-1] < 0.9 * mel_losses[0], mel_losses
+
+
+def test_discriminator_config_from_v2_json():
+    from tests.parity.test_bigvgan import V2_CONFIG_JSON
+
+    config = DiscriminatorConfig.from_official(V2_CONFIG_JSON)
+    assert config == DiscriminatorConfig()  # v2: MPD + CQTD, 128 filters, 3 scales
+    v1 = DiscriminatorConfig.from_official({"resolutions": [[1024, 120, 600]], "mpd_reshapes": [2, 3]})
+    assert not v1.use_cqtd_instead_of_mrd and v1.resolutions == ((1024, 120, 600),)
