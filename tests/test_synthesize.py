@@ -28,8 +28,35 @@ TEXT2 = "she sells sea shells by the sea shore. how much wood would a woodchuck 
 
 
 @pytest.fixture(scope="module")
-def tts():
-    return pipeline.IndexTTS2(random_assets(tiny_config(minimal=True), seed=0), diffusion_steps=2)
+def tts(tmp_path_factory):
+    """The tiny official-format model directory through ``from_pretrained`` (the official loader) when torch
+    is there to write it, else ``random_assets`` at the same kind of sizes."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return pipeline.IndexTTS2(random_assets(tiny_config(minimal=True), seed=0), diffusion_steps=2)
+    from indextts2_jax.convert.tiny_official import make_tiny_official_model_dir
+
+    model_dir = tmp_path_factory.mktemp("tiny_official")
+    make_tiny_official_model_dir(model_dir, seed=0)
+    model = pipeline.IndexTTS2.from_pretrained(model_dir, diffusion_steps=2)
+    assert model.assets.source.startswith("official:")
+    return model
+
+
+def test_random_assets_complete():
+    assets = random_assets(tiny_config(minimal=True), seed=0)
+    assert assets.missing_components() == []
+    cfgs = pipeline.component_configs(assets.config)
+    assert assets.spk_matrix.shape == (73, cfgs.campplus.embedding_size)
+    assert assets.emo_matrix.shape == (73, cfgs.gpt.model_dim)
+
+
+def test_from_pretrained_rejects_unknown_folder(tmp_path):
+    with pytest.raises(errors.ModelDirectoryError):
+        pipeline.IndexTTS2.from_pretrained(tmp_path)
+    with pytest.raises(errors.ModelDirectoryError):
+        pipeline.IndexTTS2.from_pretrained(tmp_path / "nope")
 
 
 def _tone(path, seconds, sr, freq, seed):

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from indextts2_jax import audio as audio_lib
-from indextts2_jax.errors import ConfigError, IndexTTS2Error
+from indextts2_jax.errors import ConfigError, IndexTTS2Error, ModelDirectoryError
 from indextts2_jax.infer.assets import ModelAssets
 from indextts2_jax.infer.generate import DecodeConfig, generate
 from indextts2_jax.models import bigvgan, campplus, gpt, s2mel, semantic_codec, w2v_bert
@@ -263,19 +263,28 @@ class IndexTTS2:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, dtype=jnp.float32, **kwargs) -> IndexTTS2:
-        """Load an official model directory (``config.yaml`` + ``gpt.pth`` ...), or an exported bundle /
-        converted checkpoint, and build the synthesizer."""
+        """Build the synthesizer from a folder: an official model directory (``config.yaml`` + ``gpt.pth``
+        ..., converted once and cached), a converted checkpoint (``converted.json``) or an exported bundle
+        (``bundle.json``). Loaders are imported only when needed (the official one needs torch the first
+        time)."""
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"model path not found: {str(p)!r}")
-        if p.is_dir() and (p / "config.yaml").is_file():
+            raise ModelDirectoryError(f"model path not found: {str(p)!r}")
+        if p.is_dir() and (p / "converted.json").is_file():
+            from indextts2_jax.convert.official import load_converted
+
+            assets = load_converted(p)
+        elif p.is_dir() and (p / "bundle.json").is_file():
+            from indextts2_jax.export import load_bundle
+
+            assets = load_bundle(p)
+        elif p.is_dir() and (p / "config.yaml").is_file():
             from indextts2_jax.convert.official import load_official_model_dir
 
             assets = load_official_model_dir(p)
         else:
-            from indextts2_jax.export import load_bundle
-
-            assets = load_bundle(p)
+            raise ModelDirectoryError(f"{str(p)!r} is neither an official model directory (config.yaml), a "
+                                      "converted checkpoint (converted.json) nor an exported bundle (bundle.json)")
         return cls(assets, dtype=dtype, **kwargs)
 
     def _counted_jit(self, name: str, fn: Callable, **jit_kw):
