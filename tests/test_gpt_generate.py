@@ -293,7 +293,7 @@ def test_beam_sampling_and_exact_count(setup):
 
 
 def test_loss_matches_numpy_and_has_gradients(setup):
-    model, params, _, _ = setup
+    model, params, conds, _ = setup
     rng = np.random.default_rng(2)
     batch = {
         "spk_features": jnp.asarray(rng.normal(size=(2, 11, 1024)).astype(np.float32)),
@@ -305,16 +305,17 @@ def test_loss_matches_numpy_and_has_gradients(setup):
         "mel_codes": jnp.asarray(rng.integers(0, 24, (2, 7)), jnp.int32),
         "mel_lengths": jnp.asarray([5, 7]),
     }
-    (loss, parts, out) = jax.jit(lambda p, b: gpt_loss(model, p, b, 0.3, 1.0, return_outputs=True))(params, batch)
+    # gpt_loss (raw prompt features in) is wired: traced only, the conformer paths are compiled elsewhere
+    shapes = jax.eval_shape(lambda p, b: gpt_loss(model, p, b, 0.3, 1.0), params, batch)
+    assert shapes[0].shape == () and set(shapes[1]) == {"text_ce", "mel_ce", "text_acc", "mel_acc"}
 
-    @jax.jit
-    @jax.grad
-    def grads_fn(p):  # gradients through the GPT (conditioning block held fixed: keeps the compile small)
-        tf = model.apply({"params": p}, out["conds"], batch["text_ids"], batch["text_lengths"], batch["mel_codes"],
-                         batch["mel_lengths"], method=UnifiedVoice.teacher_forced)
-        return t2s_loss(tf, batch["text_lengths"], batch["mel_lengths"], text_weight=0.3)[0]
+    def loss_fn(p):  # the same loss on the teacher-forced pass with a given conditioning block
+        out = model.apply({"params": p}, conds, batch["text_ids"], batch["text_lengths"], batch["mel_codes"],
+                          batch["mel_lengths"], method=UnifiedVoice.teacher_forced)
+        loss, parts = t2s_loss(out, batch["text_lengths"], batch["mel_lengths"], text_weight=0.3, mel_weight=1.0)
+        return loss, (parts, out)
 
-    grads = grads_fn(params)
+    (loss, (parts, out)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
 
     def ce(logits, targets, lengths):
         logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
@@ -410,3 +411,23 @@ def test_lengths_beyond_position_tables_are_refused(setup):
         model.apply({"params": params}, conds, too_long, method=UnifiedVoice.generation_prefix)
     with pytest.raises(ConfigError, match="mel position"):
         generate(model, params, conds, too_long[:, :4], decode=DecodeConfig.greedy(CFG.max_mel_tokens + 2))
+
+
+def test_bfloat16_compute_tracks_float32(setup):
+    """dtype plumbing: bf16 compute (f32 norms/softmax/logits) stays close to f32, and decoding runs."""
+    model, params, conds, text = setup
+    codes = jnp.asarray([[3, 9, 14, 2, 7], [11, 4, 4, 20, 1]], jnp.int32)
+    lengths = jnp.asarray([6, 4])
+
+    def logits(dtype):
+        m = UnifiedVoice(CFG, dtype=dtype)
+        out = jax.jit(lambda p: m.apply({"params": p}, conds, text, lengths, codes, None,
+                                        method=UnifiedVoice.teacher_forced))(params)
+        return np.asarray(out["mel_logits"]), out["mel_logits"].dtype
+
+    ref, _ = logits(jnp.float32)
+    low, low_dtype = logits(jnp.bfloat16)
+    assert low_dtype == jnp.float32  # logits always come out in float32
+    assert np.max(np.abs(low - ref)) / np.max(np.abs(ref)) < 0.05
+    out = generate(UnifiedVoice(CFG, dtype=jnp.bfloat16), params, conds, text, decode=DecodeConfig.greedy(N_NEW))
+    assert out.codes.shape == (2, N_NEW) and int(out.steps) >= 1
