@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -195,3 +196,67 @@ def test_config_checkpoint_mismatch_names_component(tiny_official, tmp_path):
     model = _with_config(tiny_official, tmp_path / "c", lambda r: r["semantic_codec"].update(codebook_size=300))
     with pytest.raises(CheckpointError, match=r"^semantic_codec \(.*codebook"):
         load_official_model_dir(model, use_cache=False)
+
+
+# (fixture component, case, model module, config class, inverse, key prefix the official file adds)
+_OFFICIAL_LAYOUTS = [
+    ("gpt_unified_voice", "infer_v2_path", "gpt", "UnifiedVoiceConfig", "gpt_to_torch"),
+    ("bigvgan", "bigvgan_weightnorm", "bigvgan", "BigVGANConfig", "bigvgan_to_torch"),
+    ("campplus", "campplus", "campplus", "CAMPPlusConfig", "campplus_to_torch"),
+    ("semantic_codec", "quantize", "semantic_codec", "SemanticCodecConfig", "semantic_codec_to_torch"),
+    ("w2v_bert", "batch_padded", "w2v_bert", "W2VBertConfig", "w2v_bert_to_torch"),
+    ("s2mel", "pipeline", "s2mel", "S2MelConfig", "s2mel_to_torch"),
+]
+
+
+def _flat(obj, prefix=""):
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize("layout", _OFFICIAL_LAYOUTS, ids=[f"{c}/{n}" for c, n, *_ in _OFFICIAL_LAYOUTS])
+def test_inverse_writes_the_official_keys_and_shapes(layout):
+    """The tiny writer's state dicts have exactly the keys and shapes of the official code's (fixture) ones;
+    tensors that are not weight-normed come back with the official values."""
+    import importlib
+
+    from indextts2_jax.convert import tiny_official as tiny
+    from tests.parity.cases import fixtures_root, get_case
+
+    component, case, module, config_cls, inverse = layout
+    c = get_case(str(fixtures_root() / component / f"{case}.npz"))
+    mod = importlib.import_module(f"indextts2_jax.models.{module}")
+    config = getattr(mod, config_cls).from_official(c.config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # s2mel: "ignoring entries not used by MyModel" (the fixture has more)
+        params = mod.from_torch(c.params, config)
+    kwargs = {}
+    if module == "s2mel":
+        kwargs = dict(content_codebook_size=c.config["DiT"]["content_codebook_size"],
+                      regulator_codebook_size=c.config["length_regulator"]["content_codebook_size"])
+    written = _flat(getattr(tiny, inverse)(params, config, **kwargs))
+    if module == "s2mel":  # fixture keys are MyModel.state_dict() names ("models.<entry>."), the file's "net.<entry>."
+        written = {"models." + k[len("net."):]: v for k, v in written.items()}
+    if module == "bigvgan":
+        written = {k[len("generator."):]: v for k, v in written.items()}
+    official_keys = set(c.params)
+    extra = set(written) - official_keys
+    if module == "gpt":  # HF GPT-2 causal-mask buffers: written like older transformers did, ignored on load
+        extra = {k for k in extra if not k.endswith(".attn.bias")}
+    missing = official_keys - set(written)
+    assert not extra and not missing, (sorted(extra)[:10], sorted(missing)[:10])
+    for k in official_keys:
+        assert np.shape(written[k]) == np.shape(c.params[k]), k
+        weight_normed = k.endswith(("weight_g", "weight_v"))
+        filler = any(s in k for s in ("x_embedder", "cond_embedder", "content_mask_embedder", "length_regulator.embed",
+                                      "mask_token", "num_batches_tracked", "skip_in_linear", "pos_enc.pe",
+                                      "masked_spec_embed"))
+        if k.endswith("filter"):  # anti-aliasing filters: recomputed in float64, the official ones in float32
+            np.testing.assert_allclose(written[k], c.params[k], rtol=0, atol=1e-7, err_msg=k)
+        elif not weight_normed and not filler:
+            np.testing.assert_array_equal(written[k], np.asarray(c.params[k], written[k].dtype), err_msg=k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from indextts2_jax.export import BundleError, bundle_function, export_bundle, lo
 from tests.test_convert_official import assert_trees_equal, tiny_official  # noqa: F401  (session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
+HAVE_FLATBUFFERS = importlib.util.find_spec("flatbuffers") is not None
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,9 @@ def converted(tiny_official, tmp_path_factory):  # noqa: F811
 @pytest.fixture(scope="module")
 def bundle_f32(converted, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "f32"
-    assert export_cli.main(["--checkpoint", str(converted), "--out", str(out), "--serialize_functions",
-                            "--buckets", "bigvgan=12,s2mel_estimator=20"]) == 0
+    # jax.export serialization needs the optional 'flatbuffers' package; without it the bundle has no functions
+    fns = ["--serialize_functions", "--buckets", "bigvgan=12,s2mel_estimator=20"] if HAVE_FLATBUFFERS else []
+    assert export_cli.main(["--checkpoint", str(converted), "--out", str(out), *fns]) == 0
     return out
 
 
@@ -54,7 +57,7 @@ def test_export_cli_bundle_equals_checkpoint(tiny_official, bundle_f32, capsys):
     np.testing.assert_array_equal(bundle.w2v_stats["var"], tiny_official.w2v_stats["var"])
     np.testing.assert_array_equal(bundle.spk_matrix, tiny_official.spk_matrix)
     meta = json.loads((bundle_f32 / "bundle.json").read_text())
-    assert set(meta["functions"]) == {"bigvgan_T12", "s2mel_estimator_T20"}
+    assert set(meta["functions"]) == ({"bigvgan_T12", "s2mel_estimator_T20"} if HAVE_FLATBUFFERS else set())
     assert all(len(v["sha256"]) == 64 for v in meta["sha256"].values())
 
 
@@ -109,6 +112,7 @@ def test_load_bundle_imports_neither_torch_nor_training_code(bundle_f32):
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.skipif(not HAVE_FLATBUFFERS, reason="jax.export serialization needs the 'flatbuffers' package")
 def test_serialized_functions_equal_jitted_originals(bundle_f32):
     from indextts2_jax.models.bigvgan import BigVGAN
     from indextts2_jax.models.s2mel import estimate

@@ -45,7 +45,7 @@ W2V_FEATURES = 1024  # fixed by the official wiring (see module docstring)
 # writing official keys
 # ---------------------------------------------------------------------------------------------
 def _f32(x) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    return np.array(x, dtype=np.float32, order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
 
 
 class _Writer:
@@ -63,7 +63,7 @@ class _Writer:
         if key in self.store:
             raise KeyError(f"duplicate key {key}")
         arr = np.asarray(value)
-        self.store[key] = np.ascontiguousarray(arr) if arr.dtype.kind in "iub" else _f32(arr)
+        self.store[key] = np.array(arr, order="C") if arr.dtype.kind in "iub" else _f32(arr)
 
     def weight(self, w, weight_norm: bool = False, name: str = "weight") -> None:
         """A weight, plain or as torch ``weight_norm(dim=0)`` (g = per-row norm, v = w)."""
@@ -215,12 +215,14 @@ def _timestep_to_torch(w: _Writer, p: dict) -> None:
 
 
 def s2mel_to_torch(params: dict, config, rng: np.random.Generator | None = None,
-                   content_codebook_size: int = 16) -> dict:
+                   content_codebook_size: int = 1024, regulator_codebook_size: int = 2048) -> dict:
     """S2M params -> the official ``s2mel.pth`` object ``{"net": {"cfm", "length_regulator", "gpt_layer"}}``.
 
     Tensors the official MyModel owns but inference never reads (``x_embedder``, ``cond_embedder``,
     ``content_mask_embedder``, ``input_pos``, unused ``skip_in_linear``, the regulator's discrete
-    ``embedding``/``mask_token``) are filled from ``rng``.
+    ``embedding``/``mask_token``) are filled from ``rng``; ``content_codebook_size`` /
+    ``regulator_codebook_size`` are config.yaml's ``DiT.content_codebook_size`` /
+    ``length_regulator.content_codebook_size`` (the sizes of those unused tables).
     """
     rng = rng or np.random.default_rng(0)
     p = _np_tree(params)
@@ -235,7 +237,7 @@ def s2mel_to_torch(params: dict, config, rng: np.random.Generator | None = None,
         lw.sub(f"model.{3 * s + 1}").layer_norm(lp[f"model_{3 * s + 1}"])
     lw.sub(f"model.{3 * n}").conv1d(lp[f"model_{3 * n}"])
     ch = config.length_regulator.channels
-    lw.put("embedding.weight", rng.normal(size=(content_codebook_size, ch)))
+    lw.put("embedding.weight", rng.normal(size=(regulator_codebook_size, ch)))
     lw.put("mask_token", rng.normal(size=(1, ch)))
 
     gl_sd: dict[str, np.ndarray] = {}
@@ -283,7 +285,7 @@ def s2mel_to_torch(params: dict, config, rng: np.random.Generator | None = None,
     e.sub("x_embedder").put("bias", np.zeros(d))
     e.put("cond_embedder.weight", rng.normal(size=(content_codebook_size, d)))
     e.put("content_mask_embedder.weight", np.zeros((1, d)))
-    e.put("input_pos", np.arange(64, dtype=np.int64))
+    e.put("input_pos", np.arange(config.dit.max_length, dtype=np.int64))
     return {"net": {"cfm": cfm, "length_regulator": lr_sd, "gpt_layer": gl_sd}}
 
 
@@ -564,9 +566,10 @@ def make_tiny_official_model_dir(path: str | os.PathLike, seed: int = 0,
     torch.save(to_torch_tensors(sd), files["gpt"])
 
     n_codes = int(cfg.model.s2mel.DiT.content_codebook_size)
+    n_reg_codes = int(cfg.model.s2mel.length_regulator.content_codebook_size)
     obj, params["s2mel"] = round_trip(
         "s2mel", random_params(s2mel.abstract_params(cc["s2mel"]), rng),
-        lambda t: s2mel_to_torch(t, cc["s2mel"], np.random.default_rng(seed + 1), n_codes),
+        lambda t: s2mel_to_torch(t, cc["s2mel"], np.random.default_rng(seed + 1), n_codes, n_reg_codes),
         lambda o: s2mel.from_torch(o, cc["s2mel"]))
     files["s2mel"] = root / "s2mel.pth"
     torch.save(to_torch_tensors(obj), files["s2mel"])
