@@ -1,7 +1,8 @@
 """Export an inference bundle from a converted checkpoint (or an official model directory).
 
     python -m experiments.export --checkpoint converted/indextts2 --out bundles/indextts2 \
-        [--dtype bfloat16] [--serialize_functions] [--buckets bigvgan=256;1024,s2mel_estimator=256;1024]
+        [--dtype bfloat16] [--serialize_functions] [--buckets bigvgan=256;1024,s2mel_estimator=256;1024] \
+        [--platforms cpu,cuda]
 
 ``--checkpoint`` is a folder written by ``experiments.convert`` (``converted.json``), or an official
 model directory (converted on the fly, cached in ``<dir>/jax_cache``). ``--workdir`` (a training run)
@@ -27,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="param dtype of the bundle")
     p.add_argument("--serialize_functions", action="store_true",
                    help="also write jax.export functions (BigVGAN, S2M estimator step) for fixed frame buckets")
+    p.add_argument("--platforms", default="",
+                   help="platforms to lower the exported functions for, e.g. 'cpu,cuda' (default: this machine's)")
     p.add_argument("--buckets", default="",
                    help="frame buckets of the exported functions, e.g. 'bigvgan=256;1024,s2mel_estimator=512'")
     return p.parse_args(argv)
@@ -54,22 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint:
         print("error: --checkpoint is required", file=sys.stderr)
         return 2
-    from indextts2_jax.convert.official import format_summary, load_converted, load_official_model_dir
+    from indextts2_jax.convert.official import format_summary, load_assets
     from indextts2_jax.export import export_bundle, load_bundle
 
     start = time.time()
     src = Path(args.checkpoint)
     try:
-        if (src / "converted.json").is_file():
-            assets = load_converted(src)
-        elif (src / "config.yaml").is_file():
-            assets = load_official_model_dir(src)
-        else:
-            print(f"error: {src} is neither a converted checkpoint (converted.json) nor an official model "
-                  "directory (config.yaml)", file=sys.stderr)
-            return 2
+        assets = load_assets(src)  # a converted checkpoint, an official directory (or another bundle)
         out = export_bundle(assets, args.out, dtype=args.dtype, serialize_functions=args.serialize_functions,
-                            buckets=parse_buckets(args.buckets))
+                            buckets=parse_buckets(args.buckets),
+                            platforms=tuple(x.strip() for x in args.platforms.split(",") if x.strip()) or None)
         bundle = load_bundle(out)  # re-read: checks every hash
     except (IndexTTS2Error, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

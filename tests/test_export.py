@@ -15,8 +15,9 @@ import pytest
 
 from experiments import convert as convert_cli
 from experiments import export as export_cli
-from indextts2_jax.convert.official import cast_params, component_configs, load_converted
-from indextts2_jax.export import BundleError, bundle_function, export_bundle, load_bundle
+from indextts2_jax.convert.official import cast_params, component_configs, load_assets, load_converted
+from indextts2_jax.errors import ModelDirectoryError
+from indextts2_jax.export import BundleError, bundle_function, export_bundle, load_bundle, load_exported
 from tests.test_convert_official import assert_trees_equal, tiny_official  # noqa: F401  (session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,8 @@ def converted(tiny_official, tmp_path_factory):  # noqa: F811
 def bundle_f32(converted, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "f32"
     # jax.export serialization needs the optional 'flatbuffers' package; without it the bundle has no functions
-    fns = ["--serialize_functions", "--buckets", "bigvgan=12,s2mel_estimator=20"] if HAVE_FLATBUFFERS else []
+    fns = ["--serialize_functions", "--buckets", "bigvgan=12,s2mel_estimator=20", "--platforms", "cpu,cuda"]
+    fns = fns if HAVE_FLATBUFFERS else []
     assert export_cli.main(["--checkpoint", str(converted), "--out", str(out), *fns]) == 0
     return out
 
@@ -120,6 +122,7 @@ def test_serialized_functions_equal_jitted_originals(bundle_f32):
     bundle = load_bundle(bundle_f32)
     cc = component_configs(bundle.config)
     rng = np.random.default_rng(0)
+    assert load_exported(bundle, "bigvgan_T12").platforms == ("cpu", "cuda")  # lowered for both, runs here on CPU
 
     mel = rng.normal(size=(1, 12, cc["bigvgan"].num_mels)).astype(np.float32)
     got = bundle_function(bundle, "bigvgan_T12")(bundle.params["bigvgan"], mel)
@@ -156,3 +159,14 @@ def test_export_refuses_foreign_nonempty_dir_and_workdir(converted, tmp_path, ca
     assert "not supported yet" in capsys.readouterr().err
     with pytest.raises(ValueError, match="dtype"):
         export_bundle(assets, tmp_path / "b", dtype="float16")
+
+
+def test_load_assets_dispatches_on_what_the_folder_is(tiny_official, converted, bundle_f32, tmp_path):  # noqa: F811
+    for path, kind in ((bundle_f32, "bundle:"), (converted, "converted:"), (tiny_official.path, "official:")):
+        assets = load_assets(path)
+        assert assets.source.startswith(kind)
+        assert_trees_equal(assets.params["bigvgan"], tiny_official.params["bigvgan"], kind)
+    assert str(load_assets(converted, dtype="bfloat16").params["s2mel"]["gpt_layer"]["layers_0"]["kernel"].dtype) \
+        == "bfloat16"
+    with pytest.raises(ModelDirectoryError, match="not an inference bundle"):
+        load_assets(tmp_path)

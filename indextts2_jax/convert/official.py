@@ -533,6 +533,24 @@ def _cast_assets(assets: ModelAssets, dtype) -> ModelAssets:
     return assets
 
 
+def load_assets(path: str | os.PathLike, dtype=None, **kwargs) -> ModelAssets:
+    """ModelAssets from whatever ``path`` is: an inference bundle (bundle.json), a converted checkpoint
+    (converted.json) or an official model directory (config.yaml; converted once and cached, ``kwargs`` go
+    to :func:`load_official_model_dir`). ``dtype`` casts the params (bundles keep their stored dtype if None).
+    """
+    root = Path(path)
+    if (root / "bundle.json").is_file():
+        from indextts2_jax.export import load_bundle
+
+        return _cast_assets(load_bundle(root), dtype)
+    if (root / "converted.json").is_file():
+        return load_converted(root, dtype)
+    if (root / "config.yaml").is_file():
+        return load_official_model_dir(root, dtype=dtype, **kwargs)
+    raise ModelDirectoryError(f"{root}: not an inference bundle (bundle.json), a converted checkpoint "
+                              "(converted.json) or an official model directory (config.yaml)")
+
+
 def summarize(assets: ModelAssets) -> list[dict]:
     """Per component: name, parameter count, bytes, dtypes (for the CLIs)."""
     rows = []
@@ -555,4 +573,4 @@ def format_summary(rows: list[dict], seconds: float | None = None) -> str:
 
 
 __all__ = ["STATS", "cast_params", "check_official_model_dir", "component_configs", "convert_official_model_dir",
-           "format_summary", "load_converted", "load_official_model_dir", "save_converted", "summarize"]
+           "format_summary", "load_assets", "load_converted", "load_official_model_dir", "save_converted", "summarize"]
