@@ -28,6 +28,10 @@ Converted-checkpoint format (``save_converted`` / ``load_converted``)::
     w2v_stats_mean.npy, w2v_stats_var.npy, spk_matrix.npy, emo_matrix.npy
     bpe.model
 
+``load_assets(path)`` takes any of the three forms (official directory, converted checkpoint, inference
+bundle of ``indextts2_jax.export``). ``component_configs(config)`` gives each model file's config
+dataclass from ``ModelAssets.config``.
+
 Params files use flax msgpack (``flax.serialization``) everywhere (cache, converted checkpoints,
 export bundles): one self-describing file per component, bfloat16 supported, no torch.
 """
@@ -506,8 +510,12 @@ def load_official_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLik
     try:
         save_converted(assets, tmp, fingerprint=fp)
         if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not (entry / "converted.json").is_file():  # not just another process that finished first
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
