@@ -16,8 +16,9 @@ It exists for tests (conversion, export, the synthesis pipeline) and needs torch
 the official loaders carry but our models ignore, e.g. ``x_embedder`` or the anti-aliasing filter
 buffers, are written too, so the directory exercises the converters' ignore rules).
 
-Sizes (``tiny_config()``): ``configs/demo.py``'s widths (BigVGAN: 3 up-sampling stages 8*8*4 with one AMP
-block each, hop 256 like the official model, so it compiles fast), except where the official wiring fixes a width:
+Sizes (``tiny_config()``): ``configs/demo.py``'s model widths, spelled out (BigVGAN: 3 up-sampling
+stages 8*8*4 with one AMP block each, hop 256 like the official model, so it compiles fast), except
+where the official wiring fixes a width:
 w2v-BERT ``hidden_size`` = 1024 (the GPT conditioning encoders read 1024-d features), the semantic
 codec ``hidden_size`` = 1024 (it quantizes those features) and the length regulator's
 ``in_channels`` = 1024 (``gpt_layer`` ends at 1024). ``load_official_model_dir`` takes the S2M
@@ -431,26 +432,37 @@ def bigvgan_to_torch(params: dict, config) -> dict:
 # the directory
 # ---------------------------------------------------------------------------------------------
 def tiny_config() -> ml_collections.ConfigDict:
-    """``load_official_config`` layout (``model``, ``aux``, ``inference``) at tiny sizes (see module docstring)."""
-    from configs import demo
+    """``load_official_config`` layout (``model``, ``aux``, ``inference``) at tiny sizes (see module docstring).
 
-    c = demo.get_config()
-    cfg = ml_collections.ConfigDict()
-    m = ml_collections.ConfigDict(c.model.to_dict())
-    m.semantic_codec.update(dict(hidden_size=W2V_FEATURES, vocos_dim=32, vocos_intermediate_dim=64))
-    m.s2mel.length_regulator.update(dict(in_channels=W2V_FEATURES, content_codebook_size=16))
-    m.s2mel.DiT.update(dict(content_codebook_size=16, depth=3))
-    m.gpt.update(dict(max_mel_tokens=250, max_text_tokens=120))
-    cfg.model = m
-    a = ml_collections.ConfigDict(c.aux.to_dict())
+    Every value spelled out here (``configs/demo.py``'s model widths at the time of writing), so that
+    changes to the demo recipe do not change this directory.
+    """
+    from configs.indextts2 import inference_defaults, official_aux_config, official_model_config
+
+    codebook = 256
+    m = official_model_config()
+    m.gpt.update(dict(model_dim=64, heads=4, layers=2, max_mel_tokens=250, max_text_tokens=120,
+                      number_text_tokens=512, number_mel_codes=codebook + 2, start_mel_token=codebook,
+                      stop_mel_token=codebook + 1))
+    m.gpt.condition_module.update(dict(output_size=32, linear_units=64, attention_heads=2, num_blocks=1))
+    m.gpt.emo_condition_module.update(dict(output_size=32, linear_units=64, attention_heads=2, num_blocks=1))
+    m.semantic_codec.update(dict(codebook_size=codebook, hidden_size=W2V_FEATURES, codebook_dim=8, vocos_dim=32,
+                                 vocos_intermediate_dim=64, vocos_num_layers=2))
+    m.s2mel.length_regulator.update(dict(channels=64, in_channels=W2V_FEATURES, content_codebook_size=16))
+    m.s2mel.DiT.update(dict(hidden_dim=64, num_heads=2, depth=3, content_dim=64, content_codebook_size=16))
+    m.s2mel.wavenet.update(dict(hidden_dim=64, num_layers=2))
+    m.s2mel.style_encoder.dim = 64
+    a = official_aux_config()
     a.w2v_bert.update(dict(hidden_size=W2V_FEATURES, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
                            get_emb_hidden_index=1))
-    a.campplus.update(dict(embedding_size=m.s2mel.style_encoder.dim))
+    a.campplus.update(dict(embedding_size=m.s2mel.style_encoder.dim, growth_rate=8, bn_size=2, init_channels=32))
     # 3 up-sampling stages of one AMP block each (hop 8*8*4 = 256 as the official 4*4*2*2*2*2): compiles fast
     a.bigvgan.update(dict(upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=32,
                           resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]]))
-    cfg.aux = a
-    cfg.inference = ml_collections.ConfigDict(c.inference.to_dict())
+    inf = inference_defaults()
+    inf.diffusion_steps = 10
+    cfg = ml_collections.ConfigDict()
+    cfg.model, cfg.aux, cfg.inference = m, a, inf
     return cfg
 
 
