@@ -260,3 +260,8 @@ def test_inverse_writes_the_official_keys_and_shapes(layout):
             np.testing.assert_allclose(written[k], c.params[k], rtol=0, atol=1e-7, err_msg=k)
         elif not weight_normed and not filler:
             np.testing.assert_array_equal(written[k], np.asarray(c.params[k], written[k].dtype), err_msg=k)
+
+
+def test_loaded_config_is_the_written_one(tiny_official, tmp_path):
+    assets = load_official_model_dir(tiny_official.path, cache_dir=tmp_path / "cache")
+    assert assets.config.to_dict() == tiny_official.config.to_dict()

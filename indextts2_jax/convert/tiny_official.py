@@ -459,10 +459,8 @@ def tiny_config() -> ml_collections.ConfigDict:
     # 3 up-sampling stages of one AMP block each (hop 8*8*4 = 256 as the official 4*4*2*2*2*2): compiles fast
     a.bigvgan.update(dict(upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=32,
                           resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]]))
-    inf = inference_defaults()
-    inf.diffusion_steps = 10
     cfg = ml_collections.ConfigDict()
-    cfg.model, cfg.aux, cfg.inference = m, a, inf
+    cfg.model, cfg.aux, cfg.inference = m, a, inference_defaults()  # what load_official_config gives
     return cfg
 
 
