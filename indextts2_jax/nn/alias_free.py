@@ -7,8 +7,10 @@ The official resamplers are depthwise (transposed) convolutions whose single 12-
 channel. Here they are written in polyphase form: the up-sampler yields ``ratio`` phase signals, each a short
 weighted sum of shifted copies of the input (no zero-stuffed samples are ever multiplied), the activation runs
 on each phase, and the down-sampler reads the phases back with their own taps. Every step is a shifted slice
-times a scalar, so XLA fuses the whole activation into a few elementwise loops and the (B, ratio*T, C)
-intermediate never needs to exist in memory as a zero-stuffed signal.
+times a scalar, so XLA turns each resampler (+ activation) into one vectorised elementwise loop; the
+activated phases are materialised once (an optimisation barrier) so the activation is not recomputed per
+tap, and ``sin^2`` is evaluated with a polynomial (:func:`sin_squared`) because XLA's CPU ``sin`` is scalar.
+Measured on CPU: about 20x faster than the first straightforward version (fused, ``jnp.sin``).
 
 Exactness: with ``T`` input frames, the result equals (to float rounding) the official
 ``UpSample1d -> act -> DownSample1d``:
@@ -58,12 +60,6 @@ def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> np
 def default_resample_filter(ratio: int = 2, kernel_size: int = 12) -> np.ndarray:
     """The filter BigVGAN's ``UpSample1d``/``DownSample1d`` use: cutoff ``0.5/ratio``, half-width ``0.6/ratio``."""
     return kaiser_sinc_filter(0.5 / ratio, 0.6 / ratio, kernel_size)
-
-
-def _replicate_pad(x: Array, left: int, right: int, axis: int = 1) -> Array:
-    if left == 0 and right == 0:
-        return x
-    return jnp.pad(x, [(left, right) if a == axis else (0, 0) for a in range(x.ndim)], mode="edge")
 
 
 def _fir(
