@@ -26,6 +26,7 @@ setup(
         "tqdm>=4.66",
         "pyyaml>=6.0",
         "safetensors>=0.4",
+        "flatbuffers>=24.3",
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.6", "torch==2.13.0"],
