@@ -10,7 +10,8 @@ on each phase, and the down-sampler reads the phases back with their own taps. E
 times a scalar, so XLA turns each resampler (+ activation) into one vectorised elementwise loop; the
 activated phases are materialised once (an optimisation barrier) so the activation is not recomputed per
 tap, and ``sin^2`` is evaluated with a polynomial (:func:`sin_squared`) because XLA's CPU ``sin`` is scalar.
-Measured on CPU: about 20x faster than the first straightforward version (fused, ``jnp.sin``).
+Measured on the shared 2-core CPU (best of 15 interleaved runs, (1, 3444, 768) input): 8-23 ms, against 366 ms
+for the first version (one fused graph with ``jnp.sin``).
 
 Exactness: with ``T`` input frames, the result equals (to float rounding) the official
 ``UpSample1d -> act -> DownSample1d``:
