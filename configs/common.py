@@ -138,4 +138,34 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.data.min_audio_seconds = 0.5
     c.data.max_text_tokens = 600
     c.data.length_buckets = (256, 512, 1024)
+    c.data.bpe_model = ""  # only needed when the shards hold no text_ids (tokenized in the pipeline)
+    c.data.prompt_source = "other"  # GPT prompt: "other" utterance of the same speaker, or the "same" one
+    c.data.prompt_frames = 256  # longest prompt crop (semantic frames)
+    c.data.prompt_min_frames = 64
+
+    # GPT stage (indextts2_jax/train/tasks/gpt.py). gpt_stage 1/2/3 = the paper's three T2S stages:
+    # 2 freezes the speaker conditioner and trains the emotion path with a gradient-reversal speaker
+    # classifier, 3 freezes every conditioner (the task adds the regexes to ``freeze``).
+    c.gpt_stage = 1
+    c.codec_checkpoint = ""  # codec params (.msgpack, from the codec stage) when the shards hold no codes
+    c.gpt = ml_collections.ConfigDict()
+    c.gpt.condition_input_size = 1024  # prompt feature width (w2v-BERT); our extension of UnifiedVoice
+    c.gpt.duration_control = False  # train the paper's duration slot p (True: target_tokens = code count)
+    c.gpt.duration_drop_prob = 0.3  # p zeroed per example with this probability (paper)
+    c.gpt.text_weight = 0.01
+    c.gpt.mel_weight = 1.0
+    c.gpt.emotion_source = "prompt"  # emotion conditioning from the speaker "prompt" or the "target" utterance
+    c.gpt.adversarial_weight = 0.1  # alpha of the GRL speaker classifier (stage 2; not stated in the paper)
+    c.gpt.grl_scale = 1.0
+    c.gpt.classifier_hidden = 256
+    c.gpt.num_speakers = 0  # 0 = the shards' speaker count (dataset.json)
+
+    # Codec stage (indextts2_jax/train/tasks/codec.py).
+    c.codec = ml_collections.ConfigDict()
+    c.codec.reconstruction_loss = "l2"  # "l1" or "l2", masked
+    c.codec.reconstruction_weight = 1.0
+    c.codec.kmeans_batches = 4  # k-means init of the codebook from the first batches (0 = random init)
+    c.codec.kmeans_iters = 10
+    c.codec.dead_code_threshold = 1.0  # a code used fewer times in a batch is pulled toward batch features
+    c.codec.dead_code_weight = 1.0
     return c

@@ -42,6 +42,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.max_audio_seconds = 12.0
     c.data.max_text_tokens = 160
     c.data.length_buckets = (128, 256, 512)
+    c.data.prompt_frames = 128
+    c.data.prompt_min_frames = 32
+    c.gpt.condition_input_size = 160  # the stacked-mel stand-in for w2v-BERT features
+    c.gpt.classifier_hidden = 64
+    c.codec.kmeans_batches = 2
+    if args.stage == "gpt":
+        c.data.length_buckets = (128, 256, 384)  # within the demo GPT's max_mel_tokens (400)
 
     feat_dim = 160  # stacked mel pairs stand in for w2v-BERT's 1024-d features
     codebook = 256

@@ -1,17 +1,35 @@
 """Train one IndexTTS-2 stage from a config.
 
-    python -m experiments.train --config configs/demo.py:stage=gpt --workdir runs/demo/gpt
+    python -m experiments.train --config configs/demo.py:stage=codec --workdir runs/demo/codec \
+        --config.data.shards=runs/demo/shards
+    python -m experiments.train --config configs/demo.py:stage=gpt --workdir runs/demo/gpt \
+        --config.data.shards=runs/demo/shards --config.codec_checkpoint=runs/demo/codec/codec_params.msgpack
 
 The config is locked after parsing: an override of a key that does not exist
 (``--config.typo=1``) fails loudly, as does an unknown ``key=value`` in the config argument.
+``--dry_run`` resolves the config, writes ``<workdir>/config.json``, prints it and exits.
 
-Status: the trainer (issue 8) has not landed yet. Until it does, this launcher validates and
-resolves the config, writes it to ``<workdir>/config.json`` and exits 0 without training.
+Stages: ``config.stage`` picks the Task from ``indextts2_jax.train.tasks.TASKS`` (``gpt``,
+``codec``). The input is preprocessed shards (``config.data.shards``), made with
+``python -m data_pipeline.preprocess``. A workdir that holds a checkpoint resumes by itself; SIGTERM
+saves and stops. ``config.init_from`` may name a converted official checkpoint folder (GPT stage);
+it is rewritten once as an Orbax checkpoint under the workdir. After the codec stage the trained
+params are exported as ``<workdir>/codec_params.msgpack`` for the GPT stage's ``codec_checkpoint``.
+
+Several hosts: start the same command on every host with
+
+    --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
+
+(or the environment variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``; ``--distributed`` alone lets ``jax.distributed.initialize()`` detect a
+SLURM/TPU/MPI cluster). Each host reads its own rows of every global batch; checkpoints are
+written by all hosts together (Orbax). CPU hosts use gloo collectives.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -21,6 +39,42 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:stage=gpt.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Resolve and print the config, write config.json, exit 0.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
+                                   "host:port of process 0 (multi-host); default $JAX_COORDINATOR_ADDRESS.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0),
+                                      "Number of processes (multi-host); default $JAX_NUM_PROCESSES.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1") or -1),
+                                   "This process's index (multi-host); default $JAX_PROCESS_ID.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() with cluster auto-detection.")
+
+log = logging.getLogger("indextts2_jax.train")
+
+
+def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1,
+                           auto: bool = False) -> bool:
+    """``jax.distributed.initialize`` when several processes are asked for; returns whether it ran."""
+    import jax
+
+    if coordinator or num_processes > 1:
+        if not coordinator or num_processes < 1 or process_id < 0:
+            raise app.UsageError("multi-host needs --coordinator_address, --num_processes and --process_id "
+                                 f"(got {coordinator!r}, {num_processes}, {process_id})")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+        return True
+    if auto:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str]) -> int:
@@ -32,20 +86,62 @@ def main(argv: list[str]) -> int:
     workdir = _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required")
-    os.makedirs(workdir, exist_ok=True)
-    resolved = config.to_dict()
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(resolved, f, indent=2, sort_keys=True, default=str)
-    print(config)
-    print(f"resolved config written to {os.path.join(workdir, 'config.json')}")
-    print(f"stage {config.stage!r}: the trainer has not landed yet (issue 8); nothing was trained.")
+    if _DRY_RUN.value:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+        print(config)
+        print(f"resolved config written to {os.path.join(workdir, 'config.json')} (dry run: nothing trained)")
+        return 0
+
+    setup_logging()
+    from indextts2_jax.train.tasks import TASKS
+
+    if str(config.stage) not in TASKS:
+        sys.exit(f"error: stage {config.stage!r} has no training task yet; implemented: {sorted(TASKS)}")
+    if not str(config.data.get("shards", "") or ""):
+        sys.exit("error: config.data.shards is not set. Preprocess the corpus into shards first, e.g.\n"
+                 "  python -m data_pipeline.preprocess --config configs/demo.py:stage=gpt --manifest manifest.jsonl "
+                 "--out runs/shards --features text_ids,mel_stacked --bpe_model bpe.model\n"
+                 "then add --config.data.shards=runs/shards")
+    if not os.path.isdir(str(config.data.shards)):
+        sys.exit(f"error: config.data.shards={config.data.shards!r} does not exist; run data_pipeline.preprocess")
+
+    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
+    import jax
+
+    from indextts2_jax.train.tasks import get_task
+    from indextts2_jax.train.trainer import train
+
+    if config.get("init_from") and config.stage == "gpt":
+        from indextts2_jax.train.tasks.gpt import prepare_init_from
+
+        config.init_from = prepare_init_from(config.init_from, workdir)
+    from indextts2_jax.train.tasks import adapt_iterator_state
+
+    if adapt_iterator_state(os.path.join(workdir, "checkpoints"), jax.process_index(), jax.process_count()):
+        log.info("resuming with %d processes from a checkpoint of another host count", jax.process_count())
+    task = get_task(config)
+    log.info("stage %s, %d processes, %d devices", config.stage, jax.process_count(), jax.device_count())
+    summary = train(config, workdir, task)
+    if config.stage == "codec" and jax.process_count() == 1:
+        from indextts2_jax.train.tasks.codec import export_codec_params
+
+        path = export_codec_params(workdir)
+        print(f"codec params exported to {path} (set the GPT stage's config.codec_checkpoint to it)")
+    if jax.process_index() == 0:
+        print(json.dumps({"step": summary["step"], "num_params": summary["num_params"],
+                          "metrics": summary["metrics"]}, default=float))
     return 0
 
 
-def parse_flags_or_exit(argv: list[str]) -> None:
-    """Parse flags up front so a bad ``--config.<key>`` override gets a one-line error, not a traceback."""
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+    """Parse flags up front so a bad ``--config.<key>`` override gets a one-line error, not a traceback.
+
+    Returns the remaining (positional) arguments.
+    """
     try:
-        flags.FLAGS(argv)
+        return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
         overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
         sys.exit(f"error: config override names a key that does not exist ({e}); overrides given: {overrides}")
@@ -57,8 +153,9 @@ def parse_flags_or_exit(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    parse_flags_or_exit(sys.argv)
-    app.run(lambda argv: sys.exit(main(argv)))
+    remaining = parse_flags_or_exit(sys.argv)
+    # flags are parsed once (parsing again would define the --config.* override flags twice)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=lambda _: remaining)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,15 @@ def _train(*args):
 
 
 def test_train_launcher_resolves_and_locks_config(tmp_path):
-    ok = _train("--config", "configs/demo.py:stage=gpt", "--workdir", str(tmp_path / "wd"))
+    ok = _train("--config", "configs/demo.py:stage=gpt", "--workdir", str(tmp_path / "wd"), "--dry_run",
+                "--config.gpt_stage=2")
     assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "wd" / "config.json").exists()
+    import json
+
+    assert json.loads((tmp_path / "wd" / "config.json").read_text())["gpt_stage"] == 2
+    noshards = _train("--config", "configs/demo.py:stage=gpt", "--workdir", str(tmp_path / "wd2"))
+    assert noshards.returncode != 0 and "config.data.shards is not set" in noshards.stderr
+    assert "data_pipeline.preprocess" in noshards.stderr
     typo = _train("--config", "configs/demo.py:stage=gpt", "--workdir", str(tmp_path / "wd"), "--config.typo=1")
     assert typo.returncode != 0 and "typo" in typo.stderr
     badarg = _train("--config", "configs/demo.py:stag=gpt", "--workdir", str(tmp_path / "wd"))

@@ -1,0 +1,200 @@
+"""Stage recipes: the demo's preprocess -> codec -> gpt chain, and a synthetic shard set for tests.
+
+    from indextts2_jax.train.recipe import run_demo_stages
+    out = run_demo_stages("runs/demo", manifest="runs/demo/corpus/manifest.jsonl", bpe_model="runs/demo/bpe.model")
+
+:func:`run_demo_stages` preprocesses the manifest (``text_ids`` + ``mel_stacked``), trains the
+demo codec on the stacked-mel stand-in features, exports its params, then trains the demo GPT with
+that frozen codec producing the target codes in the step. Each step is skipped or resumed when its
+output exists (the trainer resumes from the workdir's checkpoints by itself).
+
+:func:`write_synthetic_shards` writes a small shard set with the same record layout as
+``data_pipeline.preprocess`` (``mel_stacked`` and ``text_ids``), made of deterministic features
+that depend on the text and the speaker, so a model can learn something from it quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FRAME_RATE = 22050 / 256 / 2  # stacked mel pairs: ~43 Hz
+
+
+def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num_speakers: int = 4,
+                           vocab: int = 64, dim: int = 160, frames_per_token: int = 4, min_tokens: int = 4,
+                           max_tokens: int = 12, valid_utterances: int = 8, seed: int = 0) -> Path:
+    """A train (+ valid) shard set of ``num_utterances`` synthetic records; returns ``out_dir``.
+
+    Record i: speaker ``i % num_speakers``, ``text_ids`` of ``min_tokens..max_tokens`` ids in
+    ``[2, vocab)``, ``mel_stacked`` = each token's fixed random vector (+ a speaker offset, + noise)
+    repeated ``frames_per_token`` times.
+    """
+    from data_pipeline import shards as shard_io
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    token_vectors = rng.normal(size=(vocab, dim)).astype(np.float32)
+    speaker_vectors = 0.5 * rng.normal(size=(num_speakers, dim)).astype(np.float32)
+    speakers = [f"spk{s}" for s in range(num_speakers)]
+    records = []
+    for i in range(num_utterances + valid_utterances):
+        s = i % num_speakers
+        n = int(rng.integers(min_tokens, max_tokens + 1))
+        ids = rng.integers(2, vocab, size=n).astype(np.int32)
+        feats = np.repeat(token_vectors[ids], frames_per_token, axis=0) + speaker_vectors[s]
+        feats = (feats + 0.1 * rng.normal(size=feats.shape)).astype(np.float32)
+        records.append({"id": f"utt{i:05d}", "speaker": speakers[s], "speaker_index": s,
+                        "text": " ".join(map(str, ids)), "language": "en", "emotion": None,
+                        "duration": feats.shape[0] / FRAME_RATE,
+                        "sample_rate": 22050, "num_samples": int(feats.shape[0] * 512), "mel_stacked": feats,
+                        "text_ids": ids})
+    splits = {"train": records[:num_utterances], "valid": records[num_utterances:]}
+    for split, recs in splits.items():
+        if not recs:
+            continue
+        path = out / shard_io.shard_name(split, 0, 1)
+        index = []
+        with shard_io.ShardWriter(path) as w:
+            for r in recs:
+                w.write(r)
+                index.append({"id": r["id"], "speaker": r["speaker"], "speaker_index": r["speaker_index"],
+                              "duration": round(float(r["duration"]), 4), "text_chars": len(r["text"]),
+                              "lengths": {"mel_stacked": int(r["mel_stacked"].shape[0]),
+                                          "text_ids": int(r["text_ids"].shape[0])}})
+        shard_io.write_done(path, {"num_records": len(index), "examples": index, "skipped": []})
+    meta = {"features": ["text_ids", "mel_stacked"], "speakers": speakers,
+            "shards": {k: 1 for k, v in splits.items() if v},
+            "utterances": {k: len(v) for k, v in splits.items()},
+            "outputs": {"mel_stacked": "(T, 160) float32", "text_ids": "(N,) int32"}, "synthetic": True}
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def _final_metrics(workdir: Path) -> dict[str, Any]:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    train = [r for r in rows if r.get("split") == "train"]
+    evals = [r for r in rows if r.get("split") == "eval"]
+    out = {}
+    if train:
+        out["first_train"] = train[0]
+        out["last_train"] = train[-1]
+    if evals:
+        out["last_eval"] = evals[-1]
+    return out
+
+
+def run_demo_stages(workdir: str | Path, *, manifest: str | Path | None = None, bpe_model: str | Path | None = None,
+                    shards: str | Path | None = None, scale: int = 1, codec_steps: int | None = None,
+                    gpt_steps: int | None = None, batch: int | None = None, num_workers: int = 0,
+                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Preprocess (unless ``shards`` is given) -> codec stage -> export -> GPT stage, for the demo configs.
+
+    Args:
+      workdir: outputs: ``shards/``, ``codec/`` (run + ``codec_params.msgpack``), ``gpt/``.
+      manifest, bpe_model: the demo corpus manifest and BPE model (``experiments/demo.py`` makes both).
+      shards: existing shards (``text_ids`` + ``mel_stacked``) instead of preprocessing.
+      codec_steps, gpt_steps, batch: override the demo configs' ``steps``/``batch``.
+      overrides: dotted config keys -> values applied to both stage configs (e.g. ``{"data.num_workers": 0}``).
+    Returns a dict with the paths (shards, codec workdir and params, gpt workdir) and, per stage, the
+    trainer's summary and the first/last logged metrics.
+    """
+    from configs import demo
+    from indextts2_jax.train.tasks.codec import CODEC_PARAMS_FILE, CodecTask, export_codec_params
+    from indextts2_jax.train.tasks.gpt import GptTask
+    from indextts2_jax.train.trainer import train
+
+    out = Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"workdir": str(out.resolve())}
+
+    if shards is None:
+        if manifest is None or bpe_model is None:
+            raise ValueError("run_demo_stages needs shards=, or manifest= and bpe_model= to preprocess")
+        from data_pipeline.manifest import read_manifest
+        from data_pipeline.preprocess import options_from_config, preprocess
+
+        shards = out / "shards"
+        t = time.perf_counter()
+        cfg = demo.get_config(f"stage=gpt,scale={scale}")
+        options = options_from_config(cfg, ("text_ids", "mel_stacked"), str(bpe_model))
+        report = preprocess(read_manifest(str(manifest)), shards, options, num_workers=num_workers, progress=False)
+        result["preprocess"] = {"seconds": round(time.perf_counter() - t, 1), "examples": report["total"]["examples"],
+                                "skipped": report["total"]["skipped"]}
+    result["shards"] = str(Path(shards).resolve())
+
+    def stage_config(stage: str, steps: int | None):
+        arg = f"stage={stage},scale={scale}" + (f",steps={steps}" if steps else "")
+        arg += f",batch={batch}" if batch else ""
+        c = demo.get_config(arg)
+        c.data.shards = str(Path(shards).resolve())
+        c.data.num_workers = num_workers
+        if bpe_model:
+            c.data.bpe_model = str(bpe_model)
+            c.model.dataset.bpe_model = str(bpe_model)
+        for key, value in (overrides or {}).items():
+            node = c
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return c
+
+    codec_dir = out / "codec"
+    c = stage_config("codec", codec_steps)
+    t = time.perf_counter()
+    summary = train(c, str(codec_dir), CodecTask(c))
+    codec_params = export_codec_params(codec_dir, codec_dir / CODEC_PARAMS_FILE)
+    result["codec"] = {"workdir": str(codec_dir), "params": str(codec_params), "step": summary["step"],
+                       "seconds": round(time.perf_counter() - t, 1), **_final_metrics(codec_dir)}
+
+    gpt_dir = out / "gpt"
+    c = stage_config("gpt", gpt_steps)
+    c.codec_checkpoint = str(codec_params)
+    t = time.perf_counter()
+    summary = train(c, str(gpt_dir), GptTask(c))
+    result["gpt"] = {"workdir": str(gpt_dir), "step": summary["step"], "seconds": round(time.perf_counter() - t, 1),
+                     **_final_metrics(gpt_dir)}
+    (out / "stages.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def tiny_config(stage: str, shards: str | Path, steps: int = 10, **overrides: Any):
+    """The demo config of ``stage`` shrunk for tests on :func:`write_synthetic_shards` data.
+
+    Short buckets (32, 64 frames), 16 text tokens, 32-frame prompts, synchronous checkpoints, no
+    Grain workers; ``overrides`` are dotted keys (``"mesh.data"``, ``"gpt.duration_control"``...).
+    """
+    from configs import demo
+
+    c = demo.get_config(f"stage={stage},steps={steps},batch=8")
+    c.data.shards = str(Path(shards).resolve())
+    c.data.num_workers = 0
+    c.data.length_buckets = (32, 64)
+    c.data.max_text_tokens = 16
+    c.data.prompt_frames = 32
+    c.data.prompt_min_frames = 8
+    c.model.gpt.max_text_tokens = 16
+    c.model.gpt.max_mel_tokens = 80
+    c.model.gpt.layers = 1
+    c.optimizer.warmup_steps = 5
+    c.checkpoint.async_save = False
+    c.checkpoint.every_steps = 5
+    c.log.every_steps = 1
+    c.log.eval_every_steps = 10_000
+    c.log.num_eval_batches = 1
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
