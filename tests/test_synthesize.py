@@ -274,3 +274,50 @@ def test_cli_writes_wav_and_json(tts, prompts, tmp_path, capsys):
     rep = json.loads((tmp_path / "wavs" / "report.json").read_text())
     assert [j["wav"].split("/")[-1] for j in rep["jobs"]] == ["a.wav", "b.wav"]
     assert sf.info(str(tmp_path / "wavs" / "b.wav")).frames == int(np.float32(10) * np.float32(1.72)) * 256
+
+
+def test_bucketed_stages_equal_unpadded(tts, prompts):
+    """Padding to buckets changes nothing: w2v-BERT on the padded prompt equals the unpadded prompt, the
+    conditioning uses the exact prompt, and the bucketed S2M stage equals s2mel.synthesize_mel (infer_v2's
+    B=1 path) at exact sizes."""
+    from indextts2_jax import audio as audio_lib
+    from indextts2_jax.models import s2mel, semantic_codec
+
+    spk = tts.speaker_features(prompts["spk"])
+    _, wav_16k = audio_lib.load_speaker_prompt(prompts["spk"])
+    feats, mask = audio_lib.w2v_bert_features([wav_16k])
+    exact = tts._w2v(tts.params, jnp.asarray(feats), jnp.asarray(mask))
+    t = spk.length
+    assert exact.shape[1] == t < spk.emb.shape[1]
+    np.testing.assert_allclose(np.asarray(spk.emb)[:, :t], np.asarray(exact), atol=1e-5 * float(np.max(np.abs(exact))),
+                               rtol=0)  # measured 2e-7 relative
+    lens = jnp.array([t])
+    # the conditioning encoders run on the exact prompt length (infer_v2's numbers), cached per prompt pair
+    emo = tts.emotion_features(prompts["spk"])
+    key = ("cond", pipeline._file_key("speaker", prompts["spk"]), pipeline._file_key("emotion", prompts["spk"]))
+    cached = tts.prompt_cache[key]
+    ref_cond = tts._conditioning(tts.params, exact, lens, emo.emb[:, : emo.length], jnp.array([emo.length]))
+    for a, b in zip(cached, ref_cond):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * float(np.max(np.abs(b))), rtol=0)
+
+    cfg = tts.cfg
+    rng = np.random.default_rng(1)
+    m = 11
+    g = int(cfg.s2mel.target_frames([m])[0])
+    codes = rng.integers(0, cfg.codec.codebook_size, (1, m)).astype(np.int32)
+    lat = rng.normal(size=(1, m, cfg.gpt.model_dim)).astype(np.float32)
+    keys = jax.random.PRNGKey(5)[None]
+    mb, gb = 32, pipeline.bucket_size(g, 32)
+    got = tts._s2m(tts.params, spk.S_ref, lens, spk.ref_mel, jnp.array([spk.mel_length]), jnp.asarray(spk.style),
+                   jnp.asarray(np.pad(lat, ((0, 0), (0, mb - m), (0, 0)))),
+                   jnp.asarray(np.pad(codes, ((0, 0), (0, mb - m)))), jnp.array([m]), jnp.array([g]), keys, g_max=gb)
+    p = spk.mel_length
+    noise = pipeline._frame_noise(keys, jnp.array([p]), p + g, cfg.s2mel.n_mels)
+    code_emb = semantic_codec.codec_vq2emb(tts.params["codec"], jnp.asarray(codes), cfg.codec)
+    ref, frames = s2mel.synthesize_mel(tts.params["s2mel"], cfg.s2mel, spk.S_ref[:, :t], spk.ref_mel[:, :p],
+                                       spk.style, lat, code_emb, n_steps=tts.diffusion_steps, cfg_rate=tts.cfg_rate,
+                                       noise=noise)
+    assert int(frames[0]) == g
+    got = np.asarray(got)
+    assert np.all(got[:, g:] == 0)
+    np.testing.assert_allclose(got[:, :g], np.asarray(ref), atol=1e-4 * float(np.max(np.abs(ref))), rtol=0)
