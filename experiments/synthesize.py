@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--batch_size", type=int, default=1, help="segments run together (jobs mode default 8)")
     p.add_argument("--exact_vocoder", action="store_true", help="vocode each segment at its own length")
+    p.add_argument("--bucket_conditioning", action="store_true",
+                   help="pad prompts to buckets in the conditioning encoders too (fewer compiles, ~3e-4 drift)")
     p.add_argument("--out", help="output wav (single text)")
     p.add_argument("--out_dir", help="output folder (jobs mode)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -107,7 +109,7 @@ def main(argv=None, tts=None) -> dict:
             parser.error("--out is required")
     if tts is None:
         tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps, cfg_rate=args.cfg_rate,
-                         exact_vocoder=args.exact_vocoder)
+                         exact_vocoder=args.exact_vocoder, bucket_conditioning=args.bucket_conditioning)
     progress = not args.no_progress
     if args.jobs:
         report = tts.synthesize_jsonl(args.jobs, args.out_dir, batch_size=max(args.batch_size, 1),

@@ -580,7 +580,9 @@ class IndexTTS2:
             reports.append(report)
 
         waves: dict[tuple[int, int], np.ndarray] = {}
-        chunks = [items[i: i + batch_size] for i in range(0, len(items), max(batch_size, 1))]
+        # similar text lengths share a chunk (less padding); results do not depend on the grouping
+        order = sorted(items, key=lambda it: -len(it["ids"]))
+        chunks = [order[i: i + batch_size] for i in range(0, len(order), max(batch_size, 1))]
         bar = None
         if progress:
             from tqdm import tqdm
