@@ -7,6 +7,7 @@ jitted stages compile once per shape bucket; greedy decoding with few codes keep
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,20 @@ def test_random_assets_complete():
     cfgs = pipeline.component_configs(assets.config)
     assert assets.spk_matrix.shape == (73, cfgs.campplus.embedding_size)
     assert assets.emo_matrix.shape == (73, cfgs.gpt.model_dim)
+
+
+def test_from_pretrained_converted_checkpoint(tts):
+    """The official loader's conversion cache is a converted checkpoint: from_pretrained reads it (no torch)."""
+    if not tts.assets.source.startswith("official:"):
+        pytest.skip("needs the official-format fixture (torch)")
+    root = Path(tts.assets.source.split(":", 1)[1].split(" (cache")[0])
+    entries = sorted(root.glob("jax_cache/*/converted.json"))
+    assert entries, "the official loader wrote no conversion cache"
+    model = pipeline.IndexTTS2.from_pretrained(entries[0].parent)
+    assert model.assets.source.startswith("converted:")
+    flat_a = jax.tree_util.tree_leaves(model.assets.params["gpt"])
+    flat_b = jax.tree_util.tree_leaves(tts.assets.params["gpt"])
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(flat_a, flat_b))
 
 
 def test_from_pretrained_rejects_unknown_folder(tmp_path):
