@@ -24,9 +24,10 @@ Padding semantics: every stage with lengths reproduces its unpadded result up to
 latent packs each row as ``[conds][start, text, stop][start_mel, codes, stop]`` and reads the rows under
 a causal mask, the S2M uses per-item lengths). BigVGAN has no length input: it runs on the mel followed
 by at least ``vocoder_context_frames`` frames of the silence mel ``log(1e-5)``, so the audio of a segment
-does not depend on the bucket or the batch; it differs from an exact-length call only in the last
-~``vocoder_context_frames`` frames (``exact_vocoder=True`` runs each segment at its own length instead,
-one compile per length).
+does not depend on the bucket or the batch; it differs from an exact-length call (the official zero padding
+inside every conv at the sequence end) only in the last few frames (measured with the tiny random vocoder:
+the last 6 of 60 frames, i.e. ~70 ms; ``vocoder_context_frames`` is the conservative bound used as the
+margin). ``exact_vocoder=True`` runs each segment at its own length instead (one compile per length).
 
 Batching (``synthesize_batch``): the segments of many jobs run together (left-padded generation, per-item
 S2M lengths, padded vocoder); with greedy decoding the results equal one-by-one synthesis.
