@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emotion_alpha", type=float, default=1.0, help="emotion strength (audio and vector modes)")
     p.add_argument("--emotion_vector", type=float, nargs=8, metavar="W",
                    help="8 weights: happy angry sad afraid disgusted melancholic surprised calm")
+    p.add_argument("--normalize_emotion_vector", action="store_true",
+                   help="apply the official webui's bias and 0.8 cap to --emotion_vector")
     p.add_argument("--use_random", action="store_true", help="vector mode: random feat rows instead of nearest")
     p.add_argument("--use_emotion_text", action="store_true", help="text-to-emotion (not available; errors)")
     dur = p.add_mutually_exclusive_group()
@@ -116,6 +118,10 @@ def main(argv=None, tts=None) -> dict:
                                       progress=progress, **_sampling(args))
     else:
         text = args.text if args.text is not None else Path(args.text_file).read_text(encoding="utf-8")
+        if args.emotion_vector is not None and args.normalize_emotion_vector:
+            from indextts2_jax.infer.pipeline import normalize_emotion_vector
+
+            args.emotion_vector = normalize_emotion_vector(args.emotion_vector)
         wave, sr, report = tts.synthesize(
             text, args.speaker_prompt, emotion_prompt=args.emotion_prompt, emotion_vector=args.emotion_vector,
             emotion_alpha=args.emotion_alpha, target_tokens=args.target_tokens, duration_seconds=args.duration,

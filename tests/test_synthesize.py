@@ -213,6 +213,13 @@ def test_emotion_modes(tts, prompts):
         tts.synthesize("hello world.", spk, emotion_vector=[1, 2, 3], **GREEDY)
 
 
+def test_normalize_emotion_vector():
+    w = pipeline.normalize_emotion_vector([1.0, 0, 0, 0, 0, 0, 0, 0])
+    assert w[0] == pytest.approx(0.8)  # 0.9375 after the bias, capped to a sum of 0.8
+    w = pipeline.normalize_emotion_vector([0, 0, 0, 0, 0, 0, 0.4, 0.4])
+    assert w == pytest.approx([0, 0, 0, 0, 0, 0, 0.275, 0.225])  # sum 0.5 <= 0.8: bias only
+
+
 def test_emotion_vector_row_selection(tts):
     style = tts.spk_rows[2][1] * 3.0  # closest (cosine) to row 1 of category "sad"
     w = [0, 0, 1.0, 0, 0, 0, 0, 0]

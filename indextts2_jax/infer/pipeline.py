@@ -66,6 +66,18 @@ class EmotionTextUnavailableError(IndexTTS2Error, NotImplementedError):
     """Text-to-emotion (the official QwenEmotion model) is not part of this port."""
 
 
+EMOTION_BIAS = (0.9375, 0.875, 1.0, 1.0, 0.9375, 0.9375, 0.6875, 0.5625)
+
+
+def normalize_emotion_vector(weights: Sequence[float], apply_bias: bool = True) -> list[float]:
+    """The official webui's ``normalize_emo_vec``: scale by the per-emotion bias (de-emphasising surprise and
+    calm), then rescale so the weights sum to at most 0.8. ``IndexTTS2.synthesize`` does not apply it (nor
+    does infer_v2's API); the CLI does with ``--normalize_emotion_vector``."""
+    w = [float(x) * (b if apply_bias else 1.0) for x, b in zip(weights, EMOTION_BIAS)]
+    total = sum(w)
+    return [x * 0.8 / total for x in w] if total > 0.8 else w
+
+
 # ---------------------------------------------------------------------------------------------
 # configs and buckets
 # ---------------------------------------------------------------------------------------------
@@ -842,5 +854,5 @@ def _s2m_stage(params, cfg: s2mel.S2MelConfig, codec_cfg, S_ref, S_ref_lens, ref
 
 __all__ = [
     "EMOTIONS", "ComponentConfigs", "EmotionTextUnavailableError", "IndexTTS2", "batch_bucket", "bucket_size",
-    "component_configs", "split_tokens", "vocoder_context_frames", "write_wav",
+    "component_configs", "normalize_emotion_vector", "split_tokens", "vocoder_context_frames", "write_wav",
 ]
