@@ -2,7 +2,8 @@
 
     python -m data_pipeline.preprocess --config configs/demo.py:stage=gpt --manifest M --out DIR \
         [--features mel,mel_stacked,text_ids] [--bpe_model bpe.model] [--num_workers N] \
-        [--process_index i --process_count n] [--num_shards K] [--valid_fraction 0.02]
+        [--process_index i --process_count n] [--num_shards K] [--valid_fraction 0.02] \
+        [--model MODEL_DIR --semantic_dtype float16 --model_batch_size 8]
 
 What happens:
 
@@ -16,14 +17,22 @@ What happens:
    skipped and listed with their reason (the error class); they are never fatal. Any other
    exception on one file is logged with its traceback and listed as ``"unexpected <Type>"``.
 4. The audio is resampled to 22.05 kHz and the selected features (:data:`FEATURES`) computed in
-   ``num_workers`` processes (spawned, ``OMP_NUM_THREADS=1``, JAX on CPU, one XLA thread each).
+   ``num_workers`` processes (spawned, ``OMP_NUM_THREADS=1``, JAX on CPU, one XLA thread each), a
+   batch of utterances per task. The model features (``w2v_bert``, ``semantic_codes``,
+   ``campplus``) need ``--model`` (an official model dir, a converted checkpoint or a bundle), loaded
+   once per process (:mod:`data_pipeline.model_features`); w2v-BERT runs on the batch's good
+   utterances together. Workers run JAX on CPU: on an accelerator use ``--num_workers 0`` so that
+   the main process runs the models on the device.
 5. Each finished shard gets a ``.done`` file with its per-example index and skipped files; the
    merged ``report.json`` (counts, hours, each skipped file with its reason) is rewritten after
    every shard, so it is complete once every host has finished (should two hosts finish at the
    same moment, ``--report_only --out DIR`` rebuilds it from the ``.done`` files).
 
 Every record holds ``id, speaker, speaker_index, text, language, duration, emotion, sample_rate,
-num_samples`` plus the outputs of the selected features.
+num_samples`` plus the outputs of the selected features. For the GPT stage, ``--features
+text_ids,w2v_bert,semantic_codes --model M`` gives what :func:`data_pipeline.pipeline.make_pipeline`
+reads as the real ``semantic_features`` (conditioning) and ``semantic_codes`` (targets); both
+lengths go into the ``.done`` index, so batches bucket on them.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ __all__ = [
     "FEATURES",
     "DEFAULT_FEATURES",
     "ClippedAudioError",
+    "ModelRequiredError",
     "PreprocessOptions",
     "FeatureExtractor",
     "plan_shards",
@@ -69,6 +79,14 @@ class ClippedAudioError(AudioError):
     """More than the allowed fraction of samples sit flat at full scale (hard clipping)."""
 
 
+class ModelRequiredError(ValueError, NotImplementedError):
+    """A model feature (w2v_bert, semantic_codes, campplus) was selected without ``--model``.
+
+    Also a NotImplementedError: these features were registry TODO entries before they were wired to
+    the models, and callers catching that keep working.
+    """
+
+
 # ----------------------------------------------------------------------------------------------
 # Feature registry
 # ----------------------------------------------------------------------------------------------
@@ -82,6 +100,9 @@ class Feature:
         compute: ``fn(ctx) -> {key: array}``; None for not-yet-implemented entries.
         todo: why the feature is not available yet (raised as NotImplementedError when selected).
         lengths: record keys whose first-axis length goes into the shard index (for bucketing).
+        compute_batch: ``fn(ctxs) -> [{key: array}, ...]`` for several utterances at once (model
+            features); ``compute`` is then its one-utterance case.
+        needs_model: the feature runs a frozen model (``PreprocessOptions.model``).
     """
 
     name: str
@@ -89,16 +110,19 @@ class Feature:
     compute: Callable[[_Context], dict[str, Any]] | None = None
     todo: str = ""
     lengths: tuple[str, ...] = ()
+    compute_batch: Callable[[Sequence[_Context]], list[dict[str, Any]]] | None = None
+    needs_model: bool = False
 
 
 class _Context:
     """Per-utterance inputs shared by the feature functions (derived waveforms cached)."""
 
-    def __init__(self, utt: Utterance, wave_22k: np.ndarray, options: PreprocessOptions, tokenizer):
+    def __init__(self, utt: Utterance, wave_22k: np.ndarray, options: PreprocessOptions, tokenizer, models=None):
         self.utt = utt
         self.wave_22k = wave_22k
         self.options = options
         self.tokenizer = tokenizer
+        self.models = models  # data_pipeline.model_features.ModelFeatures or None
         self._cache: dict[str, Any] = {}
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -202,10 +226,41 @@ def _feature_campplus_fbank(ctx: _Context) -> dict[str, Any]:
     return {"campplus_fbank": np.asarray(campplus_features(ctx.wave_16k[None])[0])}
 
 
-def _model_todo(what: str) -> str:
-    return (f"{what} needs the frozen model and its converted weights (indextts2_jax/models/); "
-            "the extractor is not wired into preprocessing yet. Select the demo stand-ins "
-            "(mel_stacked) or compute this feature at train time.")
+def _models_of(ctxs: Sequence[_Context]):
+    models = ctxs[0].models if ctxs else None
+    if models is None:
+        raise ModelRequiredError("model features need the frozen models: pass --model PATH")
+    return models
+
+
+def _ensure_semantic(ctxs: Sequence[_Context]) -> None:
+    """w2v-BERT (and codec, when semantic_codes is selected) on the contexts that lack it, batched."""
+    todo = [c for c in ctxs if "semantic" not in c._cache]
+    if not todo:
+        return
+    want_codes = "semantic_codes" in todo[0].options.features
+    outs = _models_of(todo).semantic([c.wave_16k for c in todo], codes=want_codes)
+    for c, o in zip(todo, outs):
+        c._cache["semantic"] = o
+
+
+def _batch_w2v_bert(ctxs: Sequence[_Context]) -> list[dict[str, Any]]:
+    _ensure_semantic(ctxs)
+    return [{"semantic_features": c._cache["semantic"][0].astype(c.options.semantic_dtype)} for c in ctxs]
+
+
+def _batch_semantic_codes(ctxs: Sequence[_Context]) -> list[dict[str, Any]]:
+    _ensure_semantic(ctxs)
+    return [{"semantic_codes": c._cache["semantic"][1]} for c in ctxs]
+
+
+def _batch_campplus(ctxs: Sequence[_Context]) -> list[dict[str, Any]]:
+    styles = _models_of(ctxs).style([c.wave_16k for c in ctxs])
+    return [{"speaker_embedding": s} for s in styles]
+
+
+def _one(batch_fn: Callable[[Sequence[_Context]], list[dict[str, Any]]]) -> Callable[[_Context], dict[str, Any]]:
+    return lambda ctx: batch_fn([ctx])[0]
 
 
 FEATURES: dict[str, Feature] = {f.name: f for f in [
@@ -222,14 +277,22 @@ FEATURES: dict[str, Feature] = {f.name: f for f in [
             _feature_w2v_bert_fbank, lengths=("w2v_bert_fbank",)),
     Feature("campplus_fbank", {"campplus_fbank": "(T, 80) float32 mean-removed Kaldi fbank at 16 kHz"},
             _feature_campplus_fbank, lengths=("campplus_fbank",)),
-    # TODO(models): wire these to the frozen extractors once their modules and weights are available.
-    Feature("w2v_bert", {"semantic_features": "(T2, 1024) float32 w2v-BERT hidden state 17, mean/std normalized"},
-            todo=_model_todo("w2v-BERT semantic features")),
-    Feature("semantic_codes", {"semantic_codes": "(T2,) int32 MaskGCT semantic codec codes of w2v_bert"},
-            todo=_model_todo("Semantic codec codes")),
-    Feature("campplus", {"speaker_embedding": "(192,) float32 CAMPPlus speaker embedding"},
-            todo=_model_todo("CAMPPlus speaker embeddings")),
+    # frozen models (--model): infer_v2's speaker-prompt path on the 16 kHz audio (spec §4.1, §11 step 2)
+    Feature("w2v_bert", {"semantic_features": "(T2, 1024) float16/float32 (--semantic_dtype) w2v-BERT semantic "
+                                              "features: hidden_states[17] of 24, (h - mean) / sqrt(var), 16 kHz, "
+                                              "~50 Hz; T2 = valid stacked frames = floor(F / 2)"},
+            _one(_batch_w2v_bert), lengths=("semantic_features",), compute_batch=_batch_w2v_bert, needs_model=True),
+    Feature("semantic_codes", {"semantic_codes": "(T2,) int32 MaskGCT semantic codec codes of the w2v-BERT "
+                                                 "semantic features (the GPT targets)"},
+            _one(_batch_semantic_codes), lengths=("semantic_codes",), compute_batch=_batch_semantic_codes,
+            needs_model=True),
+    Feature("campplus", {"speaker_embedding": "(192,) float32 CAMPPlus speaker embeddings (S2M style) of the "
+                                              "mean-removed Kaldi fbank at 16 kHz"},
+            _one(_batch_campplus), compute_batch=_batch_campplus, needs_model=True),
 ]}
+
+MODEL_FEATURE_NAMES = {"w2v_bert": "w2v-BERT semantic features", "semantic_codes": "semantic codec codes",
+                       "campplus": "CAMPPlus speaker embeddings"}
 
 DEFAULT_FEATURES = {
     "gpt": ("mel_stacked",),
@@ -237,10 +300,18 @@ DEFAULT_FEATURES = {
     "s2mel": ("mel", "mel_stacked"),
     "vocoder": ("mel", "wave"),
 }
+MODEL_DEFAULT_FEATURES = {  # with --model: the real features instead of the demo stand-ins
+    "gpt": ("w2v_bert", "semantic_codes"),
+    "codec": ("w2v_bert",),
+}
 
 
-def check_features(names: Sequence[str]) -> tuple[str, ...]:
-    """Validate feature names against the registry; raise NotImplementedError for TODO entries."""
+def check_features(names: Sequence[str], model: str | os.PathLike = "") -> tuple[str, ...]:
+    """Validate feature names against the registry.
+
+    Raises ValueError for unknown names, NotImplementedError for TODO entries and
+    :class:`ModelRequiredError` for model features selected without ``model``.
+    """
     out = []
     for name in names:
         if name not in FEATURES:
@@ -248,6 +319,10 @@ def check_features(names: Sequence[str]) -> tuple[str, ...]:
         f = FEATURES[name]
         if f.compute is None:
             raise NotImplementedError(f"feature {name!r} is not implemented yet: {f.todo}")
+        if f.needs_model and not model:
+            raise ModelRequiredError(
+                f"feature {name!r} ({MODEL_FEATURE_NAMES.get(name, name)}) runs the frozen IndexTTS-2 models: "
+                "pass --model PATH (an official model directory, a converted checkpoint or a bundle)")
         if name not in out:
             out.append(name)
     return tuple(out)
@@ -270,6 +345,10 @@ class PreprocessOptions:
     bpe_model: str = ""
     mel_config: Mapping[str, Any] | None = None
     speakers: tuple[str, ...] = ()
+    model: str = ""  # for the model features: official model dir / converted checkpoint / bundle
+    semantic_dtype: str = "float16"  # storage dtype of w2v_bert's semantic_features
+    model_batch_size: int = 8  # utterances per worker task and per w2v-BERT call
+    model_frame_bucket: int = 64  # w2v-BERT frames padded to a multiple of this (bounds recompiles)
 
 
 class FeatureExtractor:
@@ -277,8 +356,19 @@ class FeatureExtractor:
 
     def __init__(self, options: PreprocessOptions):
         self.options = options
-        self.features = check_features(options.features)
+        self.features = check_features(options.features, options.model)
+        if np.dtype(options.semantic_dtype) not in (np.float16, np.float32):
+            raise ValueError(f"semantic_dtype must be float16 or float32, got {options.semantic_dtype!r}")
         self.speaker_index = {s: i for i, s in enumerate(options.speakers)}
+        self.models = None
+        model_feats = [n for n in self.features if FEATURES[n].needs_model]
+        if model_feats:
+            from data_pipeline.model_features import ModelFeatures
+
+            self.models = ModelFeatures(
+                options.model, semantic="w2v_bert" in model_feats or "semantic_codes" in model_feats,
+                codec="semantic_codes" in model_feats, style="campplus" in model_feats,
+                batch_size=options.model_batch_size, frame_bucket=options.model_frame_bucket)
         self.tokenizer = None
         if options.bpe_model:
             from indextts2_jax.text.tokenizer import TextTokenizer
@@ -304,27 +394,73 @@ class FeatureExtractor:
 
     def __call__(self, utt: Utterance) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """``(record, None)`` for a good utterance, ``(None, skip_entry)`` for a bad one."""
-        from indextts2_jax.errors import EmptyTextError, InputError
+        return self.process([utt])[0]
 
-        try:
-            if not utt.text.strip():
-                raise EmptyTextError(f"{utt.id}: transcript is empty", text=utt.text)
-            wave = self.load(utt)
-            ctx = _Context(utt, wave, self.options, self.tokenizer)
-            record: dict[str, Any] = {
-                "id": utt.id, "speaker": utt.speaker, "speaker_index": self.speaker_index.get(utt.speaker, -1),
-                "text": utt.text, "language": utt.language, "emotion": utt.emotion,
-                "duration": wave.shape[0] / SAMPLE_RATE, "sample_rate": SAMPLE_RATE, "num_samples": int(wave.shape[0]),
-            }
-            for name in self.features:
-                record.update(FEATURES[name].compute(ctx))
-            return record, None
-        except InputError as e:
-            return None, {"id": utt.id, "audio_path": utt.audio_path, "reason": type(e).__name__, "message": str(e)}
-        except Exception as e:  # a decoder/resampler failure on one odd file must not end a long run
-            logging.getLogger(__name__).warning("%s (%s): unexpected error", utt.id, utt.audio_path, exc_info=True)
-            return None, {"id": utt.id, "audio_path": utt.audio_path, "reason": f"unexpected {type(e).__name__}",
-                          "message": f"{utt.audio_path}: {e!r}"}
+    @staticmethod
+    def _skip(utt: Utterance, e: Exception) -> dict[str, Any]:
+        from indextts2_jax.errors import InputError
+
+        if isinstance(e, InputError):
+            return {"id": utt.id, "audio_path": utt.audio_path, "reason": type(e).__name__, "message": str(e)}
+        # a decoder/resampler/model failure on one odd file must not end a long run
+        logging.getLogger(__name__).warning("%s (%s): unexpected error", utt.id, utt.audio_path,
+                                            exc_info=(type(e), e, e.__traceback__))
+        return {"id": utt.id, "audio_path": utt.audio_path, "reason": f"unexpected {type(e).__name__}",
+                "message": f"{utt.audio_path}: {e!r}"}
+
+    def process(self, utts: Sequence[Utterance]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """:meth:`__call__` for several utterances; the model features run on the good ones together.
+
+        Should a batched model call fail, each utterance is retried alone, so only the utterance
+        that fails is skipped.
+        """
+        from indextts2_jax.errors import EmptyTextError
+
+        results: list[Any] = [None] * len(utts)
+        pending: list[tuple[int, _Context, dict[str, Any]]] = []
+        model_feats = [n for n in self.features if FEATURES[n].needs_model]
+        for i, utt in enumerate(utts):
+            try:
+                if not utt.text.strip():
+                    raise EmptyTextError(f"{utt.id}: transcript is empty", text=utt.text)
+                wave = self.load(utt)
+                ctx = _Context(utt, wave, self.options, self.tokenizer, self.models)
+                record: dict[str, Any] = {
+                    "id": utt.id, "speaker": utt.speaker, "speaker_index": self.speaker_index.get(utt.speaker, -1),
+                    "text": utt.text, "language": utt.language, "emotion": utt.emotion,
+                    "duration": wave.shape[0] / SAMPLE_RATE, "sample_rate": SAMPLE_RATE,
+                    "num_samples": int(wave.shape[0]),
+                }
+                for name in self.features:
+                    if name not in model_feats:
+                        record.update(FEATURES[name].compute(ctx))
+                pending.append((i, ctx, record))
+            except Exception as e:
+                results[i] = (None, self._skip(utt, e))
+        if model_feats and pending:
+            try:
+                self._add_model_features(pending, model_feats)
+            except Exception:
+                logging.getLogger(__name__).info("batched model features failed; retrying one by one",
+                                                 exc_info=True)
+                for item in list(pending):
+                    item[1]._cache.pop("semantic", None)
+                    try:
+                        self._add_model_features([item], model_feats)
+                    except Exception as e:
+                        results[item[0]] = (None, self._skip(item[1].utt, e))
+                        pending.remove(item)
+        for i, _, record in pending:
+            results[i] = (record, None)
+        return results
+
+    @staticmethod
+    def _add_model_features(group: Sequence[tuple[int, _Context, dict[str, Any]]], names: Sequence[str]) -> None:
+        ctxs = [c for _, c, _ in group]
+        outs = [FEATURES[n].compute_batch(ctxs) for n in names]
+        for k, (_, _, record) in enumerate(group):
+            for out in outs:
+                record.update(out[k])
 
     @staticmethod
     def index_entry(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,9 +488,9 @@ def _worker_init(options: PreprocessOptions) -> None:
     _WORKER = FeatureExtractor(options)
 
 
-def _worker_process(task: tuple[int, Utterance]):
-    shard_pos, utt = task
-    return shard_pos, _WORKER(utt)
+def _worker_process(task: tuple[int, list[Utterance]]):
+    shard_pos, utts = task
+    return shard_pos, _WORKER.process(utts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,7 +563,7 @@ def preprocess(utterances: Sequence[Utterance], out_dir: str | os.PathLike, opti
         raise ValueError(f"process_index {process_index} out of range for process_count {process_count}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_features(options.features)
+    check_features(options.features, options.model)
     speakers = tuple(speakers_of(utterances))
     options = dataclasses.replace(options, speakers=speakers)
     plan = plan_shards(utterances, num_shards=num_shards, process_count=process_count,
@@ -461,7 +597,9 @@ def preprocess(utterances: Sequence[Utterance], out_dir: str | os.PathLike, opti
                 continue
             todo.append((str(path), utts))
 
-    tasks = [(pos, u) for pos, (_, utts) in enumerate(todo) for u in utts]
+    uses_model = any(FEATURES[f].needs_model for f in options.features)
+    chunk = max(1, options.model_batch_size) if uses_model else 4
+    tasks = [(pos, utts[i:i + chunk]) for pos, (_, utts) in enumerate(todo) for i in range(0, len(utts), chunk)]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -471,27 +609,34 @@ def preprocess(utterances: Sequence[Utterance], out_dir: str | os.PathLike, opti
     if num_workers > 0 and tasks:
         import multiprocessing as mp
 
+        if uses_model:
+            from data_pipeline.model_features import prepare_model
+
+            prepare_model(options.model)  # an official dir is converted once here, not by every worker
         pool = mp.get_context("spawn").Pool(num_workers, initializer=_worker_init, initargs=(options,))
-        results = pool.imap(_worker_process, tasks, chunksize=4)
+        results = pool.imap(_worker_process, tasks, chunksize=1)
     else:
         pool = None
-        extractor = FeatureExtractor(options)
-        results = ((pos, extractor(u)) for pos, u in tasks)
+        extractor = FeatureExtractor(options) if tasks else None
+        results = ((pos, extractor.process(u)) for pos, u in tasks)
     try:
         it = iter(results)
         for pos, (path, utts) in enumerate(todo):
             index, skipped = [], []
             with shard_io.ShardWriter(path) as writer:
-                for _ in utts:
-                    got_pos, (record, skip) = next(it)
+                done = 0
+                while done < len(utts):
+                    got_pos, chunk_results = next(it)
                     assert got_pos == pos
-                    if record is None:
-                        skipped.append(skip)
-                    else:
-                        writer.write(record)
-                        index.append(FeatureExtractor.index_entry(record))
+                    for record, skip in chunk_results:
+                        if record is None:
+                            skipped.append(skip)
+                        else:
+                            writer.write(record)
+                            index.append(FeatureExtractor.index_entry(record))
+                    done += len(chunk_results)
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(len(chunk_results))
             shard_io.write_done(path, {"num_records": len(index), "examples": index, "skipped": skipped,
                                        "finished_at": time.time()})
             write_report(out_dir)
@@ -518,11 +663,17 @@ def load_config(spec: str):
     return module.get_config(arg or None)
 
 
-def options_from_config(config, features: Sequence[str] | None = None, bpe_model: str = "") -> PreprocessOptions:
-    """Preprocessing options from a training config (``config.data`` limits, the S2M mel settings)."""
+def options_from_config(config, features: Sequence[str] | None = None, bpe_model: str = "",
+                        model: str = "") -> PreprocessOptions:
+    """Preprocessing options from a training config (``config.data`` limits, the S2M mel settings).
+
+    Without ``features``: the stage's defaults (:data:`MODEL_DEFAULT_FEATURES` when a ``model`` is given
+    and the stage has them, else :data:`DEFAULT_FEATURES`), plus ``text_ids`` with a ``bpe_model``.
+    """
     stage = getattr(config, "stage", "gpt")
     if features is None:
-        features = DEFAULT_FEATURES.get(stage, ("mel_stacked",))
+        features = MODEL_DEFAULT_FEATURES.get(stage) if model else None
+        features = features or DEFAULT_FEATURES.get(stage, ("mel_stacked",))
         if bpe_model:
             features = ("text_ids",) + tuple(features)
     mel = None
@@ -534,7 +685,7 @@ def options_from_config(config, features: Sequence[str] | None = None, bpe_model
     d = config.data
     return PreprocessOptions(features=tuple(features), min_audio_seconds=float(d.min_audio_seconds),
                              max_audio_seconds=float(d.max_audio_seconds), max_text_tokens=int(d.max_text_tokens),
-                             bpe_model=bpe_model, mel_config=mel)
+                             bpe_model=bpe_model, mel_config=mel, model=str(model or ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -546,6 +697,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--features", default="", help=f"comma-separated, from {sorted(FEATURES)} "
                                                    "(default: per stage, plus text_ids with --bpe_model)")
     p.add_argument("--bpe_model", default="", help="SentencePiece model for text_ids")
+    p.add_argument("--model", default="", help="IndexTTS-2 model (official dir, converted checkpoint or bundle) for "
+                                               "the model features w2v_bert, semantic_codes, campplus")
+    p.add_argument("--semantic_dtype", choices=("float16", "float32"), default="float16",
+                   help="storage dtype of the w2v_bert semantic_features")
+    p.add_argument("--model_batch_size", type=int, default=8, help="utterances per w2v-BERT call / worker task")
     p.add_argument("--num_workers", type=int, default=-1, help="processes (default: config.data.num_workers)")
     p.add_argument("--process_index", type=int, default=0)
     p.add_argument("--process_count", type=int, default=1)
@@ -574,9 +730,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not manifest or not out:
         p.error("--manifest and --out are required (or set config.data.manifest / config.data.shards)")
     features = [f.strip() for f in a.features.split(",") if f.strip()] or None
-    options = options_from_config(config, features, a.bpe_model)
+    options = options_from_config(config, features, a.bpe_model, a.model)
     options = dataclasses.replace(options, silence_threshold=a.silence_threshold, clip_fraction=a.clip_fraction,
-                                  mono=a.mono)
+                                  mono=a.mono, semantic_dtype=a.semantic_dtype, model_batch_size=a.model_batch_size)
+    try:
+        check_features(options.features, options.model)
+    except ModelRequiredError as e:
+        p.error(str(e))
     num_workers = a.num_workers if a.num_workers >= 0 else int(config.data.num_workers)
     report = preprocess(read_manifest(manifest), out, options, num_workers=num_workers,
                         process_index=a.process_index, process_count=a.process_count, num_shards=a.num_shards or None,

@@ -1,0 +1,177 @@
+"""Frozen-model features for preprocessing: w2v-BERT semantic features, semantic codes, CAMPPlus style.
+
+:class:`ModelFeatures` loads a model once (any path :func:`indextts2_jax.convert.official.load_assets`
+accepts: an official model directory, a converted checkpoint or a bundle), keeps only the three frozen
+front-end components (w2v-BERT layers ``0..get_emb_hidden_index-1``, the semantic codec, CAMPPlus), and
+builds its jitted functions once. It follows infer_v2's speaker-prompt path (spec §4.1, §4.3, §4.4, §6,
+§11 step 2) on the 16 kHz audio that preprocessing derives from the 22.05 kHz waveform with torchaudio's
+sinc resampler:
+
+* ``semantic``: SeamlessM4T features -> w2v-BERT ``hidden_states[get_emb_hidden_index]`` (17 of 24 at full
+  size) -> ``(h - mean) / sqrt(var)`` -> (T, 1024) float32, and optionally the codec's ``quantize`` codes
+  (T,) int32. Utterances are batched: rows padded to a power of two (at most ``batch_size``), frames to a
+  multiple of ``frame_bucket``; the w2v-BERT attention mask and the codec mask make every row equal to
+  that utterance run alone (checked by ``tests/test_preprocess_models.py``). T is the number of valid
+  stacked frames, ``attention_mask.sum()`` = floor(F / 2) for F fbank frames (as
+  ``semantic_codec.encode_to_codes`` and the inference pipeline count them).
+* ``style``: Kaldi fbank of the float 16 kHz audio minus its time mean -> CAMPPlus -> (192,) float32.
+  CAMPPlus has no padding mask (its convolutions, segment pooling and statistics pooling see every
+  frame), so each utterance runs alone at its exact length, as in infer_v2; ``jax.jit`` compiles once
+  per distinct frame count (bounded by the max duration: at most ~100 shapes per second of range).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ModelFeatures", "prepare_model"]
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    rows = 1
+    while rows < n:
+        rows *= 2
+    return min(max(rows, 1), max(cap, n))
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def prepare_model(path: str | os.PathLike) -> None:
+    """Make sure ``path`` loads before worker processes start.
+
+    An official model directory is converted once here (filling its ``jax_cache``), so that parallel
+    workers read the cache instead of converting concurrently. Raises what ``load_assets`` raises.
+    """
+    from pathlib import Path
+
+    from indextts2_jax.convert.official import load_assets
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"--model {str(path)!r} does not exist")
+    load_assets(root)
+
+
+class ModelFeatures:
+    """The frozen front-end models of one IndexTTS-2 checkpoint, ready for batched feature extraction.
+
+    Args:
+        model_path: official model dir / converted checkpoint / bundle (see ``load_assets``).
+        semantic: load w2v-BERT (and the normalization stats); codec: also the semantic codec;
+        style: CAMPPlus.
+        batch_size: most utterances per w2v-BERT call. frame_bucket: stacked frames are padded to a
+            multiple of it (bounds recompiles; ~1.3 s of audio per step at 50 Hz for 64).
+        dtype: compute dtype of w2v-BERT and the codec encoder (float32 = official; the code argmax
+            and the normalization stay float32).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, *, semantic: bool = True, codec: bool = True,
+                 style: bool = True, batch_size: int = 8, frame_bucket: int = 64, dtype: str = "float32"):
+        import jax
+        import jax.numpy as jnp
+
+        from indextts2_jax.convert.official import component_configs, load_assets
+        from indextts2_jax.errors import ConfigError
+        from indextts2_jax.models import campplus, semantic_codec, w2v_bert
+
+        if not model_path:
+            raise ConfigError("model features need a model (--model PATH)")
+        assets = load_assets(model_path)
+        self.source = assets.source or str(model_path)
+        cc = component_configs(assets.config)
+        self.batch_size = max(1, int(batch_size))
+        self.frame_bucket = max(1, int(frame_bucket))
+        compute = jnp.dtype(dtype)
+        self.w2v_config = cc["w2v_bert"]
+        self.codec_config = cc["semantic_codec"]
+        self.campplus_config = cc["campplus"]
+        self._embed = self._quantize = self._campplus = None
+        self.w2v_params = self.codec_params = self.campplus_variables = None
+
+        if semantic or codec:
+            n = self.w2v_config.layers_for_embedding
+            params = dict(assets.params["w2v_bert"])
+            layers = params.get("encoder", {})
+            missing = [i for i in range(n) if f"layers_{i}" not in layers]
+            if missing:
+                raise ConfigError(f"{self.source}: w2v-BERT params lack layers {missing} (need 0..{n - 1})")
+            params["encoder"] = {f"layers_{i}": layers[f"layers_{i}"] for i in range(n)}
+            self.w2v_params = jax.device_put(params)
+            self.mean = jnp.asarray(assets.w2v_stats["mean"], jnp.float32)
+            self.var = jnp.asarray(assets.w2v_stats["var"], jnp.float32)
+            w2v_model = w2v_bert.W2VBert(self.w2v_config, num_layers=n, dtype=compute)
+
+            def embed(params, mean, var, feats, mask):
+                hidden = w2v_model.apply({"params": params}, feats, mask, return_all=False)
+                return w2v_bert.normalize_hidden(hidden, mean, var)
+
+            self._embed = jax.jit(embed)
+        if codec:
+            self.codec_params = jax.device_put(assets.params["semantic_codec"])
+            codec_model = semantic_codec.SemanticCodec(self.codec_config, dtype=compute)
+
+            def quantize(params, hidden, mask):
+                codes, _ = codec_model.apply({"params": params}, hidden, mask,
+                                             method=semantic_codec.SemanticCodec.quantize)
+                return codes
+
+            self._quantize = jax.jit(quantize)
+        if style:
+            self.campplus_variables = jax.device_put(assets.params["campplus"])
+            camp_model = campplus.CAMPPlus(self.campplus_config)
+
+            def embed_style(variables, fbank):
+                return camp_model.apply(variables, fbank)
+
+            self._campplus = jax.jit(embed_style)
+        del assets
+
+    # ------------------------------------------------------------------------------------------
+    def semantic(self, waves_16k: Sequence[np.ndarray], codes: bool = False
+                 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per waveform ``(features (T, H) float32, codes (T,) int32 or None)``, in input order."""
+        from indextts2_jax.audio import w2v_bert_features
+
+        if self._embed is None:
+            raise RuntimeError("ModelFeatures was built with semantic=False")
+        if codes and self._quantize is None:
+            raise RuntimeError("ModelFeatures was built with codec=False")
+        waves = [np.asarray(w, np.float32).reshape(-1) for w in waves_16k]
+        order = sorted(range(len(waves)), key=lambda i: waves[i].shape[0])
+        out: list[Any] = [None] * len(waves)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            feats, mask = w2v_bert_features([waves[i] for i in idx])
+            rows = _pow2_at_most(len(idx), self.batch_size)
+            t = _bucket(feats.shape[1], self.frame_bucket)
+            feats_p = np.ones((rows, t, feats.shape[2]), np.float32)  # the extractor's padding value
+            mask_p = np.zeros((rows, t), np.int32)
+            feats_p[: len(idx), : feats.shape[1]] = feats
+            mask_p[: len(idx), : feats.shape[1]] = mask
+            mask_p[len(idx):, 0] = 1  # dummy rows: one valid frame keeps their softmax defined
+            hidden = self._embed(self.w2v_params, self.mean, self.var, feats_p, mask_p)
+            code_arr = np.asarray(self._quantize(self.codec_params, hidden, mask_p)) if codes else None
+            hidden = np.asarray(hidden, np.float32)
+            for row, i in enumerate(idx):
+                n = int(mask[row].sum())
+                c = None if code_arr is None else np.ascontiguousarray(code_arr[row, :n], np.int32)
+                out[i] = (np.ascontiguousarray(hidden[row, :n]), c)
+        return out
+
+    def style(self, waves_16k: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per waveform the CAMPPlus embedding ``(E,)`` float32 (E = 192 at full size)."""
+        from indextts2_jax.audio import campplus_features
+
+        if self._campplus is None:
+            raise RuntimeError("ModelFeatures was built with style=False")
+        out = []
+        for w in waves_16k:
+            fbank = campplus_features(np.asarray(w, np.float32).reshape(1, -1))
+            out.append(np.asarray(self._campplus(self.campplus_variables, fbank), np.float32)[0])
+        return out
