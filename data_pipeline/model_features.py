@@ -15,9 +15,13 @@ sinc resampler:
   stacked frames, ``attention_mask.sum()`` = floor(F / 2) for F fbank frames (as
   ``semantic_codec.encode_to_codes`` and the inference pipeline count them).
 * ``style``: Kaldi fbank of the float 16 kHz audio minus its time mean -> CAMPPlus -> (192,) float32.
-  CAMPPlus has no padding mask (its convolutions, segment pooling and statistics pooling see every
-  frame), so each utterance runs alone at its exact length, as in infer_v2; ``jax.jit`` compiles once
-  per distinct frame count (bounded by the max duration: at most ~100 shapes per second of range).
+  The CAMPPlus module has no padding mask (its convolutions, segment pooling and statistics pooling
+  see every frame), and compiling it costs seconds per input length, so batches run it padded under
+  :func:`masked_campplus`: a Flax method interceptor zeroes every convolution's input beyond each
+  utterance's true length (so the convolutions see what the official zero padding gives them) and
+  replaces the CAM context means and the statistics pooling by their masked versions. The result
+  equals the utterance run alone at its exact length (float32 rounding, checked by the tests);
+  compiles are bounded by the row count x ``style_frame_bucket`` buckets.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelFeatures", "prepare_model"]
+__all__ = ["ModelFeatures", "prepare_model", "masked_campplus"]
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -40,6 +44,100 @@ def _pow2_at_most(n: int, cap: int) -> int:
 
 def _bucket(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
+
+
+def _time_mask(n: int, lengths, dtype):
+    import jax.numpy as jnp
+
+    return (jnp.arange(n)[None, :] < lengths[:, None]).astype(dtype)  # (B, n)
+
+
+def masked_campplus(model, variables, fbank, lengths):
+    """``model.apply(variables, fbank)`` for a zero-padded batch, each row as if run alone at its length.
+
+    Args:
+        model: a ``campplus.CAMPPlus`` (inference, ``train=False``).
+        fbank: (B, L, F) float32, rows padded after their ``lengths`` frames (values there are unused).
+        lengths: (B,) int true frame counts (>= 1).
+    Returns:
+        (B, E) embeddings.
+
+    How: CAMPPlus is per-frame except for (a) convolutions along time, (b) the CAM layers' context
+    (time mean + 100-frame segment means) and (c) the final statistics pooling. (a) Every ``nn.Conv``
+    input is zeroed beyond the true length of its time resolution (L frames before the stride-2 TDNN,
+    ``(L - 1) // 2 + 1`` after it), which is what the official zero padding feeds the valid outputs.
+    (b) and (c) are recomputed over the valid frames only, at the layers that consume them
+    (``cam_layer.linear1`` and ``dense_linear``).
+    """
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from indextts2_jax.models import campplus as camp
+
+    lengths = jnp.asarray(lengths, jnp.int32)
+    b, full = fbank.shape[0], fbank.shape[1]
+    by_size = {full: lengths, (full - 1) // 2 + 1: (lengths - 1) // 2 + 1}  # FCM/TDNN input, after the TDNN
+    stash: dict[str, Any] = {}
+
+    def valid_of(n):
+        if n not in by_size:
+            raise ValueError(f"masked_campplus: unexpected time length {n} (known {sorted(by_size)})")
+        return by_size[n]
+
+    def masked_stats(x):
+        t = x.shape[1]
+        n = valid_of(t)
+        m = _time_mask(t, n, jnp.float32)[..., None]
+        x32 = x.astype(jnp.float32)
+        mean = jnp.sum(x32 * m, axis=1) / n[:, None]
+        var = jnp.sum(((x32 - mean[:, None]) * m) ** 2, axis=1) / (n[:, None] - 1)
+        return mean, var
+
+    def masked_context(x):
+        t = x.shape[1]
+        n = valid_of(t)
+        m = _time_mask(t, n, x.dtype)[..., None]
+        xm = x * m
+        mean = jnp.sum(xm, axis=1, keepdims=True) / n[:, None, None].astype(x.dtype)
+        seg = camp.SEGMENT_FRAMES
+        n_seg = -(-t // seg)
+        sums = jnp.pad(xm, ((0, 0), (0, n_seg * seg - t), (0, 0))).reshape(b, n_seg, seg, -1).sum(axis=2)
+        counts = jnp.clip(n[:, None] - seg * jnp.arange(n_seg)[None, :], 1, seg).astype(x.dtype)
+        seg_means = jnp.repeat(sums / counts[..., None], seg, axis=1)[:, :t]
+        return mean + seg_means
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        parent = module.parent
+        if isinstance(module, nn.Conv):
+            x = args[0]
+            axis = 2 if x.ndim == 4 else 1  # FCM maps are (B, F, T, C); TDNN/CAM inputs (B, T, C)
+            m = _time_mask(x.shape[axis], valid_of(x.shape[axis]), x.dtype)
+            m = m[:, None, :, None] if x.ndim == 4 else m[..., None]
+            return next_fun(x * m, *args[1:], **kwargs)
+        if isinstance(module, camp.CAMLayer):
+            stash[module.path] = masked_context(args[0])
+            return next_fun(*args, **kwargs)
+        if isinstance(module, nn.Dense) and isinstance(parent, camp.CAMLayer) and module.name == "linear1":
+            return next_fun(stash.pop(parent.path), *args[1:], **kwargs)
+        if isinstance(module, nn.BatchNorm) and isinstance(parent, camp.CAMPPlus) and module.name == "out_nonlinear":
+            out = next_fun(*args, **kwargs)
+            stash["pooled"] = nn.relu(out.astype(module.dtype or out.dtype))
+            return out
+        if isinstance(module, nn.Dense) and isinstance(parent, camp.CAMPPlus) and module.name == "dense_linear":
+            mean, var = masked_stats(stash.pop("pooled"))
+            stats = jnp.concatenate([mean, jnp.sqrt(var)], axis=-1)
+            return next_fun(stats.astype(args[0].dtype), *args[1:], **kwargs)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        out = model.apply(variables, fbank)
+    if stash:
+        raise RuntimeError(f"masked_campplus: CAMPPlus layers were not all intercepted ({sorted(stash)}); "
+                           "models/campplus.py changed its structure")
+    return out
 
 
 def prepare_model(path: str | os.PathLike) -> None:
@@ -65,14 +163,16 @@ class ModelFeatures:
         model_path: official model dir / converted checkpoint / bundle (see ``load_assets``).
         semantic: load w2v-BERT (and the normalization stats); codec: also the semantic codec;
         style: CAMPPlus.
-        batch_size: most utterances per w2v-BERT call. frame_bucket: stacked frames are padded to a
-            multiple of it (bounds recompiles; ~1.3 s of audio per step at 50 Hz for 64).
+        batch_size: most utterances per w2v-BERT / CAMPPlus call. frame_bucket: stacked frames are padded
+            to a multiple of it (bounds recompiles; ~1.3 s of audio per step at 50 Hz for 64).
+            style_frame_bucket: the same for the CAMPPlus fbank frames (100 Hz).
         dtype: compute dtype of w2v-BERT and the codec encoder (float32 = official; the code argmax
             and the normalization stay float32).
     """
 
     def __init__(self, model_path: str | os.PathLike, *, semantic: bool = True, codec: bool = True,
-                 style: bool = True, batch_size: int = 8, frame_bucket: int = 64, dtype: str = "float32"):
+                 style: bool = True, batch_size: int = 8, frame_bucket: int = 64, style_frame_bucket: int = 128,
+                 dtype: str = "float32"):
         import jax
         import jax.numpy as jnp
 
@@ -87,6 +187,7 @@ class ModelFeatures:
         cc = component_configs(assets.config)
         self.batch_size = max(1, int(batch_size))
         self.frame_bucket = max(1, int(frame_bucket))
+        self.style_frame_bucket = max(8, int(style_frame_bucket))
         compute = jnp.dtype(dtype)
         self.w2v_config = cc["w2v_bert"]
         self.codec_config = cc["semantic_codec"]
@@ -126,8 +227,8 @@ class ModelFeatures:
             self.campplus_variables = jax.device_put(assets.params["campplus"])
             camp_model = campplus.CAMPPlus(self.campplus_config)
 
-            def embed_style(variables, fbank):
-                return camp_model.apply(variables, fbank)
+            def embed_style(variables, fbank, lengths):
+                return masked_campplus(camp_model, variables, fbank, lengths)
 
             self._campplus = jax.jit(embed_style)
         del assets
@@ -165,13 +266,35 @@ class ModelFeatures:
         return out
 
     def style(self, waves_16k: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per waveform the CAMPPlus embedding ``(E,)`` float32 (E = 192 at full size)."""
-        from indextts2_jax.audio import campplus_features
+        """Per waveform the CAMPPlus embedding ``(E,)`` float32 (E = 192 at full size), in input order.
+
+        Batched and padded through :func:`masked_campplus` (equal to each utterance run alone).
+        """
+        from indextts2_jax.audio import campplus_features, fbank_num_frames
+        from indextts2_jax.errors import AudioTooShortError
 
         if self._campplus is None:
             raise RuntimeError("ModelFeatures was built with style=False")
-        out = []
-        for w in waves_16k:
-            fbank = campplus_features(np.asarray(w, np.float32).reshape(1, -1))
-            out.append(np.asarray(self._campplus(self.campplus_variables, fbank), np.float32)[0])
+        waves = [np.asarray(w, np.float32).reshape(-1) for w in waves_16k]
+        for w in waves:
+            if fbank_num_frames(w.shape[0]) < 3:  # the pooled std needs >= 2 frames after the stride-2 TDNN
+                raise AudioTooShortError(f"CAMPPlus needs at least 3 fbank frames (720 samples), got {w.shape[0]}")
+        order = sorted(range(len(waves)), key=lambda i: waves[i].shape[0])
+        out: list[Any] = [None] * len(waves)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            longest = max(waves[i].shape[0] for i in idx)
+            rows = _pow2_at_most(len(idx), self.batch_size)
+            frames = _bucket(fbank_num_frames(longest), self.style_frame_bucket)
+            n_samples = max(longest, 400 + 160 * (frames - 1))  # exactly `frames` fbank frames
+            batch = np.zeros((rows, n_samples), np.float32)
+            lengths = np.full(rows, n_samples, np.int64)  # dummy rows: all zeros, full length
+            for row, i in enumerate(idx):
+                batch[row, : waves[i].shape[0]] = waves[i]
+                lengths[row] = waves[i].shape[0]
+            fbank = campplus_features(batch, lengths)
+            emb = np.asarray(self._campplus(self.campplus_variables, fbank,
+                                            np.asarray(fbank_num_frames(lengths), np.int32)), np.float32)
+            for row, i in enumerate(idx):
+                out[i] = np.ascontiguousarray(emb[row])
         return out

@@ -24,9 +24,9 @@ pytest.importorskip("torch")  # make_tiny_official_model_dir writes .pth files
 # are float32 rounding, measured ~1e-6. Codes are compared exactly.
 EMB_TOL = 1e-4
 MODEL_FEATURES = ("text_ids", "w2v_bert", "semantic_codes")
-# CAMPPlus runs each utterance at its exact length (no padding mask): one compile (~5 s on a busy CPU even at
-# tiny size) per distinct length, so it is checked on one utterance in a run of its own.
-CAMPPLUS_IDS = ("u1", "u_bad")
+# CAMPPlus compiles are slow (~5-8 s per shape on a busy CPU even at tiny size), and the reference runs each
+# utterance alone at its exact length, so it is checked on two utterances (one padded batch) in a run of its own.
+CAMPPLUS_IDS = ("u0", "u1", "u_bad")
 
 
 def rel_err(a, e):
@@ -145,13 +145,18 @@ def test_stored_features_equal_direct_model_calls(shards, corpus, direct):
 
 def test_campplus_embedding_equals_direct_call(campplus_shards, corpus, direct):
     out, report = campplus_shards
-    assert report["total"]["examples"] == 1 and report["skipped_by_reason"] == {"AudioDecodeError": 1}
-    (rec,) = records(out).values()
-    ref, size = direct.style(next(u for u in read_manifest(corpus) if u.id == rec["id"]).audio_path)
-    emb = rec["speaker_embedding"]
-    assert emb.dtype == np.float32 and emb.shape == (size,) and np.abs(emb).max() > 0
-    print("speaker_embedding max rel err", rel_err(emb, ref))
-    assert rel_err(emb, ref) < EMB_TOL
+    """The batched, padded, masked CAMPPlus (masked_campplus) equals each utterance run alone, unpadded."""
+    out, report = campplus_shards
+    assert report["total"]["examples"] == 2 and report["skipped_by_reason"] == {"AudioDecodeError": 1}
+    recs = records(out)
+    assert sorted(recs) == ["u0", "u1"]
+    for uid, rec in recs.items():
+        ref, size = direct.style(next(u for u in read_manifest(corpus) if u.id == uid).audio_path)
+        emb = rec["speaker_embedding"]
+        assert emb.dtype == np.float32 and emb.shape == (size,) and np.abs(emb).max() > 0
+        print(uid, "speaker_embedding max rel err", rel_err(emb, ref))
+        assert rel_err(emb, ref) < EMB_TOL
+    assert rel_err(recs["u0"]["speaker_embedding"], recs["u1"]["speaker_embedding"]) > 1e-3
 
 
 def test_bad_file_is_skipped_and_reported(shards):
