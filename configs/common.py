@@ -166,6 +166,7 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.codec.reconstruction_weight = 1.0
     c.codec.kmeans_batches = 4  # k-means init of the codebook from the first batches (0 = random init)
     c.codec.kmeans_iters = 10
-    c.codec.dead_code_threshold = 1.0  # a code used fewer times in a batch is pulled toward batch features
-    c.codec.dead_code_weight = 1.0
+    c.codec.dead_code_threshold = 1.0  # codes used fewer times in the batch are pulled toward
+    # batch features (usage is per batch: the trainer keeps no state beside params and optimizer)
+    c.codec.dead_code_weight = 0.1
     return c

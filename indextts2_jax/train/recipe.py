@@ -27,12 +27,14 @@ FRAME_RATE = 22050 / 256 / 2  # stacked mel pairs: ~43 Hz
 
 def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num_speakers: int = 4,
                            vocab: int = 64, dim: int = 160, frames_per_token: int = 4, min_tokens: int = 4,
-                           max_tokens: int = 12, valid_utterances: int = 8, seed: int = 0) -> Path:
+                           max_tokens: int = 12, valid_utterances: int = 8, seed: int = 0,
+                           codes: bool = False) -> Path:
     """A train (+ valid) shard set of ``num_utterances`` synthetic records; returns ``out_dir``.
 
     Record i: speaker ``i % num_speakers``, ``text_ids`` of ``min_tokens..max_tokens`` ids in
     ``[2, vocab)``, ``mel_stacked`` = each token's fixed random vector (+ a speaker offset, + noise)
-    repeated ``frames_per_token`` times.
+    repeated ``frames_per_token`` times. With ``codes``, also ``semantic_codes`` (the token ids,
+    repeated likewise), as shards preprocessed with a codec would hold.
     """
     from data_pipeline import shards as shard_io
 
@@ -54,6 +56,8 @@ def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num
                         "duration": feats.shape[0] / FRAME_RATE,
                         "sample_rate": 22050, "num_samples": int(feats.shape[0] * 512), "mel_stacked": feats,
                         "text_ids": ids})
+        if codes:
+            records[-1]["semantic_codes"] = np.repeat(ids, frames_per_token).astype(np.int32)
     splits = {"train": records[:num_utterances], "valid": records[num_utterances:]}
     for split, recs in splits.items():
         if not recs:
@@ -72,6 +76,8 @@ def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num
             "shards": {k: 1 for k, v in splits.items() if v},
             "utterances": {k: len(v) for k, v in splits.items()},
             "outputs": {"mel_stacked": "(T, 160) float32", "text_ids": "(N,) int32"}, "synthetic": True}
+    if codes:
+        meta["outputs"]["semantic_codes"] = "(T,) int32"
     (out / "dataset.json").write_text(json.dumps(meta, indent=1))
     return out
 

@@ -103,6 +103,19 @@ class SpeakerClassifier(nn.Module):
         return nn.Dense(self.num_speakers, name="out")(h)
 
 
+def _batch_unconstrained():
+    """Logical-axis rules without ``"batch"`` (its activation constraints then replicate the batch).
+
+    Workaround for a miscompile seen with jax 0.10.2 on CPU: ``PerceiverResampler`` with few latents
+    (the emotion perceiver has 1) under a (data=2, fsdp=2, tensor=2) mesh returns wrong values for
+    the batch rows on the (data 0, fsdp 1) and (data 1, fsdp 0) shards when its latents carry the
+    ``("batch", "length", "embed")`` constraint; the 32-latent speaker perceiver is unaffected.
+    The emotion path is small (one latent per row), so replicating its activations costs little.
+    """
+    rules = tuple(r for r in nn.get_logical_axis_rules() if r[0] != "batch")
+    return nn.logical_axis_rules(rules)
+
+
 def _no_mesh():
     return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ()))
 
@@ -228,7 +241,8 @@ class GptTask(PipelineTask):
         else:
             emo = spk
         model_params = {k: v for k, v in params.items() if k != "speaker_classifier"}
-        emovec = self.model.apply({"params": model_params}, *emo, method=UnifiedVoice.emovec)
+        with _batch_unconstrained():  # workaround, see _batch_unconstrained
+            emovec = self.model.apply({"params": model_params}, *emo, method=UnifiedVoice.emovec)
         target_tokens = None
         if self.model_config.duration_control:
             drop = jax.random.bernoulli(rng, float(g.duration_drop_prob), lengths.shape) if train else \
