@@ -667,12 +667,16 @@ def options_from_config(config, features: Sequence[str] | None = None, bpe_model
                         model: str = "") -> PreprocessOptions:
     """Preprocessing options from a training config (``config.data`` limits, the S2M mel settings).
 
-    Without ``features``: the stage's defaults (:data:`MODEL_DEFAULT_FEATURES` when a ``model`` is given
-    and the stage has them, else :data:`DEFAULT_FEATURES`), plus ``text_ids`` with a ``bpe_model``.
+    Without ``features``: the stage's defaults (:data:`MODEL_DEFAULT_FEATURES` when a ``model`` is given,
+    the stage has them and the config does not ask for the mel stand-ins, ``demo.semantic_features ==
+    "mel"``, which the pipeline would then read; else :data:`DEFAULT_FEATURES`), plus ``text_ids`` with
+    a ``bpe_model``.
     """
     stage = getattr(config, "stage", "gpt")
     if features is None:
-        features = MODEL_DEFAULT_FEATURES.get(stage) if model else None
+        demo = getattr(config, "demo", None)
+        mel_stand_in = demo is not None and demo.get("semantic_features") == "mel"
+        features = MODEL_DEFAULT_FEATURES.get(stage) if (model and not mel_stand_in) else None
         features = features or DEFAULT_FEATURES.get(stage, ("mel_stacked",))
         if bpe_model:
             features = ("text_ids",) + tuple(features)

@@ -257,3 +257,17 @@ def test_model_feature_without_model_is_refused(corpus, tmp_path, capsys):
     assert "'w2v_bert'" in err and "--model PATH" in err
     with pytest.raises(FileNotFoundError):
         pp.FeatureExtractor(dataclasses.replace(opts, model=str(tmp_path / "nowhere")))
+
+
+def test_default_features_with_model():
+    """--model switches the gpt/codec defaults to the real features, unless the config reads the mel stand-ins."""
+    import ml_collections
+
+    demo = pp.load_config("configs/demo.py:stage=gpt")
+    assert pp.options_from_config(demo, None, "", "M").features == ("mel_stacked",)  # demo.semantic_features="mel"
+    real = ml_collections.ConfigDict({"stage": "gpt", "data": demo.data.to_dict()})
+    opts = pp.options_from_config(real, None, "bpe.model", "M")
+    assert opts.features == ("text_ids", "w2v_bert", "semantic_codes") and opts.model == "M"
+    assert pp.options_from_config(real, None, "bpe.model", "").features == ("text_ids", "mel_stacked")
+    real.stage = "codec"
+    assert pp.options_from_config(real, None, "", "M").features == ("w2v_bert",)
