@@ -5,7 +5,7 @@ accepts: an official model directory, a converted checkpoint or a bundle), keeps
 front-end components (w2v-BERT layers ``0..get_emb_hidden_index-1``, the semantic codec, CAMPPlus), and
 builds its jitted functions once. It follows infer_v2's speaker-prompt path (spec §4.1, §4.3, §4.4, §6,
 §11 step 2) on the 16 kHz audio that preprocessing derives from the 22.05 kHz waveform with torchaudio's
-sinc resampler:
+sinc resampler (the whole utterance: infer_v2's 15 s cut applies to prompts, not to training targets):
 
 * ``semantic``: SeamlessM4T features -> w2v-BERT ``hidden_states[get_emb_hidden_index]`` (17 of 24 at full
   size) -> ``(h - mean) / sqrt(var)`` -> (T, 1024) float32, and optionally the codec's ``quantize`` codes
