@@ -1,0 +1,146 @@
+"""GPT-stage (UnifiedVoice) training step: step time, tokens/s and MFU on the device at hand.
+
+The real train step of ``indextts2_jax.train`` (the GPT task's loss: text + mel cross-entropy with
+both conditioning encoders; AdamW, clipping; state donated), random weights, a random batch with
+``semantic_codes`` given (no codec in the step), on all local devices (mesh data=-1 by default).
+
+Usage::
+
+    python -m benchmarks.train_step --tiny                          # smoke run (CPU, a minute)
+    python -m benchmarks.train_step --batch 8 --mel-len 500 --text-len 100 --prompt-len 300 \
+        --dtype bfloat16                                             # official size (GPU/TPU)
+
+Columns: ``batch``, ``seq`` (GPT tokens per sequence: 34 conditioning rows + text + 2 + codes + 2),
+``compile s``, ``step s`` (median of ``--steps`` timed steps after ``--warmup``), ``tok/s``
+(batch x seq / step s), ``TFLOP/s`` (the task's ``flops_per_step``: 6 x non-embedding params x tokens
++ attention) and ``MFU`` (against the device's peak bf16 dense FLOP/s from the trainer's table, or
+``--peak-tflops``; empty when unknown, e.g. on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def make_config(args):
+    from configs import demo, indextts2
+
+    if args.tiny:
+        c = demo.get_config(f"stage=gpt,batch={args.batch}")
+    else:
+        c = indextts2.get_config(f"stage=gpt,batch={args.batch},dtype={args.dtype}")
+    c.compute_dtype = args.dtype
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, args.fsdp, args.tensor
+    c.total_steps = 10_000
+    c.optimizer.warmup_steps = 10
+    return c
+
+
+def random_batch(task, args, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    mc = task.model_config
+    b, d = args.batch, mc.condition_input_size
+    codes = rng.integers(0, mc.number_mel_codes - 2, (b, args.mel_len)).astype(np.int32)
+    return {
+        "valid": np.ones((b,), bool),
+        "speaker_index": rng.integers(0, 2, (b,)).astype(np.int32),
+        "text_ids": rng.integers(2, mc.number_text_tokens, (b, args.text_len)).astype(np.int32),
+        "text_lengths": np.full((b,), args.text_len, np.int32),
+        "semantic_features": rng.normal(size=(b, args.mel_len, d)).astype(np.float32),
+        "semantic_lengths": np.full((b,), args.mel_len, np.int32),
+        "semantic_codes": codes,
+        "prompt_features": rng.normal(size=(b, args.prompt_len, d)).astype(np.float32),
+        "prompt_lengths": np.full((b,), args.prompt_len, np.int32),
+    }
+
+
+def run(args) -> dict:
+    import flax.linen as nn
+
+    from indextts2_jax import sharding
+    from indextts2_jax.train.optim import make_optimizer
+    from indextts2_jax.train.recipe import write_synthetic_shards
+    from indextts2_jax.train.tasks.gpt import GptTask
+    from indextts2_jax.train.trainer import TrainState, build_step, peak_flops_per_device
+
+    config = make_config(args)
+    with tempfile.TemporaryDirectory() as tmp:  # the task wants shards; a few synthetic records suffice
+        config.data.shards = str(write_synthetic_shards(tmp, num_utterances=4, valid_utterances=0,
+                                                        dim=int(config.gpt.condition_input_size)))
+        task = GptTask(config)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rules = sharding.rules_from_config(config.logical_axis_rules)
+    tx, schedule = make_optimizer(config.optimizer, int(config.total_steps))
+    local = random_batch(task, args, np.random.default_rng(0))
+    batch = sharding.global_batch(local, mesh)
+
+    def init_state(r):
+        params = task.init_params(r, batch)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    rng = jax.random.key(0)
+    abstract, shardings = sharding.state_shardings(init_state, mesh, rules, rng)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    with sharding.use_mesh(mesh, rules):
+        state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=shardings)(rng)
+        step_fn = jax.jit(build_step(task, tx, schedule), out_shardings=(shardings, None), donate_argnums=(0,))
+        t0 = time.perf_counter()
+        compiled = step_fn.lower(state, batch, rng).compile()
+        compile_s = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            state, metrics = compiled(state, batch, rng)
+        jax.block_until_ready(metrics)
+        times = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch, rng)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    tokens = task.tokens_in_batch(local)
+    flops = task.flops_per_step(local, num_params)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops_per_device(config)
+    peak *= jax.device_count()
+    loss = float(metrics["loss"])
+    assert np.isfinite(loss), f"loss is {loss}"
+    return {"batch": args.batch, "seq": task.sequence_length(local), "params M": f"{num_params / 1e6:.1f}",
+            "compile s": f"{compile_s:.1f}", "step s": f"{step_s:.4f}", "tok/s": f"{tokens / step_s:.0f}",
+            "TFLOP/s": f"{flops / step_s / 1e12:.3f}", "MFU": f"{flops / step_s / peak:.1%}" if peak else "",
+            "loss": f"{loss:.3f}"}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="the demo-size model instead of the official size")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--text-len", type=int, default=100, help="text tokens per sequence")
+    parser.add_argument("--mel-len", type=int, default=500, help="semantic codes per sequence (~10 s at 50 Hz)")
+    parser.add_argument("--prompt-len", type=int, default=300, help="prompt feature frames")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
+    parser.add_argument("--fsdp", type=int, default=1)
+    parser.add_argument("--tensor", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="peak FLOP/s per device (for MFU)")
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
+    row = run(args)
+    cols = list(row)
+    widths = [max(len(c), len(str(row[c]))) for c in cols]
+    size = "demo size" if args.tiny else "official 1280/24/20"
+    print(f"GPT train step, {size}, {args.dtype}, {jax.device_count()} x {jax.devices()[0].device_kind}")
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("| " + " | ".join(str(row[c]).ljust(w) for c, w in zip(cols, widths)) + " |")
+
+
+if __name__ == "__main__":
+    main()
