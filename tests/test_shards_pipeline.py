@@ -92,7 +92,8 @@ def test_buckets_shapes_and_dropped(data):
     for b, size in enumerate(BUCKETS):
         assert shapes[b]["semantic_features"] == (4, size, 160)
         assert shapes[b]["text_ids"] == (4, cfg.data.max_text_tokens)
-        assert shapes[b]["prompt_features"] == (4, BUCKETS[0], 160)
+        # prompts: config.data.prompt_frames when set, else the smallest bucket
+        assert shapes[b]["prompt_features"] == (4, int(cfg.data.get("prompt_frames", BUCKETS[0])), 160)
     index = shard_io.load_index(shard_io.list_shards(data["shards"], "train"))
     for batch in p:
         size = batch["semantic_features"].shape[1]
