@@ -123,7 +123,7 @@ class _Conv2d(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=_kaiming(("kernel", "kernel", "conv_in", "conv_out")),
+            kernel_init=_kaiming(("kernel", None, "conv_in", "conv_out")),
             name="conv",
         )(x)
 

@@ -129,7 +129,7 @@ class WNConv2d(nn.Module):
         shape = (*self.kernel_size, x.shape[-1], self.features)
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(_torch_conv_init, ("kernel", "kernel", "conv_in", "conv_out")),
+            nn.with_logical_partitioning(_torch_conv_init, ("kernel", None, "conv_in", "conv_out")),
             shape,
             self.param_dtype,
         )

@@ -250,7 +250,7 @@ class Conv2dSubsampling2(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("kernel", "kernel", "conv_in", "conv_out")
+                nn.initializers.lecun_normal(), ("kernel", None, "conv_in", "conv_out")
             ),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
             name="conv",
