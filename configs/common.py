@@ -169,4 +169,10 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.codec.dead_code_threshold = 1.0  # codes used fewer times in the batch are pulled toward
     # batch features (usage is per batch: the trainer keeps no state beside params and optimizer)
     c.codec.dead_code_weight = 0.1
+
+    # S2M stage (indextts2_jax/train/tasks/s2mel.py).
+    c.s2mel = ml_collections.ConfigDict()
+
+    # Vocoder stage (indextts2_jax/train/tasks/vocoder.py).
+    c.vocoder = ml_collections.ConfigDict()
     return c

@@ -27,6 +27,8 @@ from indextts2_jax.train.trainer import Task
 TASKS = {
     "gpt": "indextts2_jax.train.tasks.gpt:GptTask",
     "codec": "indextts2_jax.train.tasks.codec:CodecTask",
+    "s2mel": "indextts2_jax.train.tasks.s2mel:S2melTask",
+    "vocoder": "indextts2_jax.train.tasks.vocoder:VocoderTask",
 }
 
 
@@ -34,7 +36,13 @@ def task_class(stage: str) -> type[Task]:
     if stage not in TASKS:
         raise ConfigError(f"stage {stage!r} has no training task yet; implemented: {sorted(TASKS)}")
     module, name = TASKS[stage].split(":")
-    return getattr(importlib.import_module(module), name)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise ConfigError(f"stage {stage!r}: its task module {module} is not there (yet)") from None
+    return getattr(mod, name)
 
 
 def get_task(config) -> Task:
