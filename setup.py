@@ -29,9 +29,16 @@ setup(
         "flatbuffers>=24.3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6", "torch==2.13.0"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torch==2.13.0",
+                # the eval extra, so that CI runs tests/test_evaluate.py
+                "pocketsphinx>=5.0", "resemblyzer>=0.1.4", "speechmos>=0.0.1.1",
+                "onnxruntime>=1.17", "pesq>=0.0.4", "pystoi>=0.4.1", "matplotlib>=3.8"],
         # Reading official .pth checkpoints needs torch; `pip install torch==2.13.0` takes the CPU wheel here.
         "convert": ["torch>=2.4"],
+        # Objective evaluation (python -m experiments.evaluate): offline ASR, speaker embeddings, DNSMOS, PESQ,
+        # STOI, plots. Every model ships in its wheel (nothing is downloaded at run time).
+        "eval": ["pocketsphinx>=5.0", "resemblyzer>=0.1.4", "speechmos>=0.0.1.1",
+                 "onnxruntime>=1.17", "pesq>=0.0.4", "pystoi>=0.4.1", "matplotlib>=3.8", "torch>=2.4"],
     },
     entry_points={
         "console_scripts": [
