@@ -1,13 +1,19 @@
-"""Export an inference bundle from a converted checkpoint (or an official model directory).
+"""Export an inference bundle from a converted checkpoint, an official model directory or training workdirs.
 
     python -m experiments.export --checkpoint converted/indextts2 --out bundles/indextts2 \
         [--dtype bfloat16] [--serialize_functions] [--buckets bigvgan=256;1024,s2mel_estimator=256;1024] \
         [--platforms cpu,cuda]
+    python -m experiments.export --workdir runs/demo/stages --out bundles/demo [--bpe_model runs/demo/bpe.model]
+    python -m experiments.export --workdir runs/codec --workdir runs/gpt --workdir runs/s2mel \
+        --workdir runs/vocoder --out bundles/mine
 
 ``--checkpoint`` is a folder written by ``experiments.convert`` (``converted.json``), or an official
-model directory (converted on the fly, cached in ``<dir>/jax_cache``). ``--workdir`` (a training run)
-is not supported yet. The bundle format and the exported functions are described in
-``indextts2_jax.export``. Prints the components, parameter counts, sizes and the time taken.
+model directory (converted on the fly, cached in ``<dir>/jax_cache``). ``--workdir`` (repeatable) is a
+training run's workdir or a recipe root holding ``codec/ gpt/ s2mel/ vocoder/`` (or ``stages/<stage>/``):
+the latest checkpoint of every stage goes into the bundle (``indextts2_jax.export.assets_from_workdirs``;
+the BPE model from the GPT stage's config unless ``--bpe_model``). The bundle format and the exported
+functions are described in ``indextts2_jax.export``. Prints the components, parameter counts, sizes and
+the time taken.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from indextts2_jax.errors import IndexTTS2Error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="indextts2-export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="converted checkpoint folder (or an official model directory)")
-    p.add_argument("--workdir", help="a training run's workdir (not supported yet)")
+    p.add_argument("--workdir", action="append", default=[],
+                   help="a training stage's workdir or a recipe root holding codec/ gpt/ s2mel/ vocoder/ (repeatable)")
+    p.add_argument("--bpe_model", default=None,
+                   help="with --workdir: the SentencePiece model (default: the GPT stage config's data.bpe_model)")
     p.add_argument("--out", required=True, help="bundle output folder")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="param dtype of the bundle")
     p.add_argument("--serialize_functions", action="store_true",
@@ -50,20 +59,20 @@ def parse_buckets(text: str) -> dict[str, tuple[int, ...]] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.workdir:
-        print("error: --workdir (exporting from a training run) is not supported yet; convert or pass a converted "
-              "checkpoint with --checkpoint", file=sys.stderr)
-        return 2
-    if not args.checkpoint:
-        print("error: --checkpoint is required", file=sys.stderr)
+    if bool(args.workdir) == bool(args.checkpoint):
+        print("error: give either --checkpoint (a converted checkpoint or an official model directory) or --workdir "
+              "(training runs)", file=sys.stderr)
         return 2
     from indextts2_jax.convert.official import format_summary, load_assets
-    from indextts2_jax.export import export_bundle, load_bundle
+    from indextts2_jax.export import assets_from_workdirs, export_bundle, load_bundle
 
     start = time.time()
-    src = Path(args.checkpoint)
+    src = ", ".join(args.workdir) if args.workdir else Path(args.checkpoint)
     try:
-        assets = load_assets(src)  # a converted checkpoint, an official directory (or another bundle)
+        if args.workdir:
+            assets = assets_from_workdirs(args.workdir, bpe_model=args.bpe_model)
+        else:
+            assets = load_assets(src)  # a converted checkpoint, an official directory (or another bundle)
         out = export_bundle(assets, args.out, dtype=args.dtype, serialize_functions=args.serialize_functions,
                             buckets=parse_buckets(args.buckets),
                             platforms=tuple(x.strip() for x in args.platforms.split(",") if x.strip()) or None)

@@ -25,6 +25,11 @@ default the current backend):
   f32``: one DiT evaluation on the classifier-free-guidance batch [cond; uncond] of one utterance
   (per-item reflect padding at ``x_lens``), i.e. one step of the CFM Euler sampler.
 
+From training workdirs (:func:`assets_from_workdirs`, :func:`export_workdirs`; ``experiments.export --workdir``):
+the latest checkpoint of each stage (codec, gpt, s2mel, vocoder) becomes the same bundle format, with the
+merged config (``inference.semantic_features`` says which semantic front-end the stages were trained on;
+the demo's stacked-mel bundles hold no w2v-BERT params/stats and no emotion matrices).
+
 Pad inputs to a bucket's frame count (mel frames past the utterance are ignored by the estimator via
 ``x_lens``; BigVGAN output past ``frames * hop`` of the real mel is to be cut). Call one with
 ``bundle_function(assets, name)(params, *inputs)``.
@@ -36,6 +41,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +57,7 @@ from indextts2_jax.convert.official import (
     write_arrays,
     write_params,
 )
-from indextts2_jax.errors import CheckpointError, ModelDirectoryError
+from indextts2_jax.errors import CheckpointError, ConfigError, ModelDirectoryError
 from indextts2_jax.infer.assets import COMPONENTS, ModelAssets
 
 BUNDLE_FORMAT = "indextts2-jax-bundle"
@@ -258,5 +264,270 @@ def bundle_function(assets: ModelAssets, name: str):
     return load_exported(assets, name).call
 
 
-__all__ = ["BundleError", "DEFAULT_BUCKETS", "bundle_function", "export_bundle", "load_bundle", "load_exported",
-           "verify_bundle"]
+# ---------------------------------------------------------------------------------------------
+# training workdirs -> ModelAssets
+# ---------------------------------------------------------------------------------------------
+STAGES = ("codec", "gpt", "s2mel", "vocoder")
+STAGE_COMPONENTS = {"codec": "semantic_codec", "gpt": "gpt", "s2mel": "s2mel (+ campplus)", "vocoder": "bigvgan"}
+
+
+class WorkdirExportError(ConfigError):
+    """Training workdirs that cannot become a bundle: a stage missing or untrained, or stage configs that disagree."""
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+    """Finished checkpoint steps of a trainer workdir (``checkpoints/<step>/``; Orbax temp folders excluded)."""
+    root = workdir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def find_stage_workdirs(paths) -> tuple[dict[str, Path], list[str]]:
+    """Which stage each training workdir in ``paths`` trained: ``({stage: workdir}, problems)``.
+
+    A path is a stage workdir (its ``config.json``, written by the trainer, names the ``stage``) or a recipe
+    root holding ``<stage>/`` or ``stages/<stage>/`` workdirs (``run_demo_stages``, ``experiments.demo``).
+    """
+    found: dict[str, Path] = {}
+    problems: list[str] = []
+
+    def add(stage: str, wd: Path):
+        if stage in found and found[stage].resolve() != wd.resolve():
+            problems.append(f"two {stage} workdirs: {found[stage]} and {wd}")
+        else:
+            found[stage] = wd
+
+    for path in [Path(p) for p in paths]:
+        cfg = path / "config.json"
+        if cfg.is_file():
+            try:
+                stage = json.loads(cfg.read_text()).get("stage")
+            except (OSError, ValueError) as e:
+                problems.append(f"{cfg}: unreadable ({e})")
+                continue
+            if stage not in STAGES:
+                problems.append(f"{cfg}: stage {stage!r} is not one of {STAGES}")
+            else:
+                add(stage, path)
+            continue
+        hits = [(stage, d) for stage in STAGES for d in (path / stage, path / "stages" / stage)
+                if (d / "config.json").is_file()]
+        if not hits:
+            problems.append(f"{path}: neither a training workdir (config.json) nor a recipe root holding "
+                            f"{'/, '.join(STAGES)}/ (or stages/<stage>/) workdirs")
+        for stage, d in hits:
+            add(stage, d)
+    return found, problems
+
+
+def _section(config, dotted: str):
+    node = config
+    for key in dotted.split("."):
+        if node is None or key not in node:
+            return None
+        node = node[key]
+    return node.to_dict() if hasattr(node, "to_dict") else node
+
+
+def _json_equal(a, b) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _stage_params(workdir: Path) -> tuple[int, Any]:
+    from indextts2_jax.train.tasks.codec import latest_params
+
+    return latest_params(workdir)
+
+
+def _select(params: Mapping, keys: tuple[str, ...], drop: tuple[str, ...], what: str) -> dict:
+    """``params`` restricted to ``keys`` after dropping the training-only ``drop`` entries (strict otherwise)."""
+    extra = sorted(set(params) - set(keys) - set(drop))
+    if extra:
+        raise WorkdirExportError(f"{what}: unexpected top-level params {extra} (expected {list(keys)})")
+    return {k: params[k] for k in keys if k in params}
+
+
+def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, campplus: Mapping | None = None
+                         ) -> ModelAssets:
+    """:class:`ModelAssets` from the training workdirs of the four stages (their latest checkpoints).
+
+    Args:
+      paths: stage workdirs and/or recipe roots (see :func:`find_stage_workdirs`); every stage of
+        :data:`STAGES` must be found, each with a checkpoint.
+      bpe_model: the SentencePiece model; default ``config.data.bpe_model`` or ``config.model.dataset.bpe_model``
+        of the GPT stage (a path as given, else relative to the workdir or the recipe root).
+      campplus: CAMPPlus ``{"params", "batch_stats"}`` for the style vectors; default the demo S2M stage's frozen
+        seeded CAMPPlus (``indextts2_jax.train.tasks.s2mel.demo_campplus_params`` of the s2mel stage's config).
+
+    Components: ``semantic_codec`` (the codec stage, decoder included), ``gpt`` (UnifiedVoice; the stage-2
+    ``speaker_classifier`` dropped), ``s2mel`` (length regulator, gpt_layer, DiT; an S2M stage trained without a
+    GPT, ``s2mel.gpt_checkpoint`` empty, learned on the code embeddings alone, so its untrained ``gpt_layer``
+    gets a zero last layer: ``gpt_layer(latent) = 0`` at synthesis too), ``bigvgan`` (the vocoder
+    stage's ``generator``, weight norm folded; the discriminators dropped), ``campplus``. The config
+    (``model``/``aux``/``inference``/``extensions``, see ``indextts2_jax.infer.configs``): each section from the
+    stage that trained it; ``inference.semantic_features`` from the stages' ``demo.semantic_features`` (the
+    stacked-mel front-end needs no w2v-BERT params or stats); no emotion matrices.
+
+    Raises :class:`WorkdirExportError` listing every problem found before anything is restored: stages not
+    found, workdirs without a checkpoint, no BPE model, and stage configs that disagree (the GPT or S2M trained
+    against another codec, the S2M's GPT width, the vocoder's mel settings, the front-end); a params tree that
+    does not fit the merged config raises ``CheckpointError`` naming the component.
+    """
+    import ml_collections as mlc
+
+    from indextts2_jax.convert.state_dict import check_params_match
+    from indextts2_jax.infer.configs import component_configs, semantic_front_end
+
+    found, problems = find_stage_workdirs(paths)
+    looked = ", ".join(str(p) for p in paths)
+    configs: dict[str, Any] = {}
+    for stage in STAGES:
+        wd = found.get(stage)
+        if wd is None:
+            problems.append(f"{stage} stage ({STAGE_COMPONENTS[stage]}): no training workdir found "
+                            f"(looked in {looked})")
+            continue
+        try:
+            configs[stage] = mlc.ConfigDict(json.loads((wd / "config.json").read_text()))
+        except (OSError, ValueError) as e:
+            problems.append(f"{stage}: {wd / 'config.json'} unreadable ({e})")
+            continue
+        if not _checkpoint_steps(wd):
+            problems.append(f"{stage} stage: {wd} has no checkpoint ({wd / 'checkpoints'}/<step>/ missing; not "
+                            "trained yet?)")
+    # the stages' configs must agree on what they share
+    checks = [
+        ("model.semantic_codec", "codec", ("gpt", "s2mel"), "trained against another codec"),
+        ("model.gpt.model_dim", "gpt", ("s2mel",), "the S2M gpt_layer reads the GPT latent of this width"),
+        ("model.s2mel.preprocess_params", "s2mel", ("vocoder",), "the vocoder reads the S2M mel"),
+    ]
+    for dotted, owner, users, why in checks:
+        if owner not in configs:
+            continue
+        want = _section(configs[owner], dotted)
+        for user in users:
+            if user in configs and not _json_equal(_section(configs[user], dotted), want):
+                problems.append(f"{user} stage config disagrees with the {owner} stage on {dotted} ({why}): "
+                                f"{_section(configs[user], dotted)} vs {want}")
+    gpt_ckpt = str(_section(configs["s2mel"], "s2mel.gpt_checkpoint") or "") if "s2mel" in configs else ""
+    if gpt_ckpt and "gpt" in found and Path(gpt_ckpt).is_dir() and \
+            Path(gpt_ckpt).resolve() != found["gpt"].resolve():
+        problems.append(f"the s2mel stage was trained on the latent of the GPT in {gpt_ckpt} "
+                        f"(s2mel.gpt_checkpoint), not the gpt stage exported here ({found['gpt']})")
+    fronts = {}
+    for stage in ("codec", "gpt", "s2mel"):
+        if stage in configs:
+            try:
+                fronts[stage] = semantic_front_end(configs[stage])
+            except ConfigError as e:
+                problems.append(f"{stage}: {e}")
+    if len(set(fronts.values())) > 1:
+        problems.append(f"the stages read different semantic features: {fronts}")
+    bpe_path = None
+    if bpe_model is not None:
+        bpe_path = Path(bpe_model)
+        if not bpe_path.is_file():
+            problems.append(f"bpe_model {bpe_path} not found")
+    elif "gpt" in configs:
+        names = [n for n in (_section(configs["gpt"], "data.bpe_model"),
+                             _section(configs["gpt"], "model.dataset.bpe_model")) if n]
+        bases = [Path("."), found["gpt"], *[Path(p) for p in paths], found["gpt"].parent, found["gpt"].parent.parent]
+        cands = [b / n for n in names for b in bases]
+        bpe_path = next((c for c in cands if c.is_file()), None)
+        if bpe_path is None:
+            problems.append(f"no BPE model: the gpt stage config names {names or 'none'} (looked for "
+                            f"{', '.join(str(c) for c in cands) or 'config.data.bpe_model'}); pass bpe_model")
+    if problems:
+        raise WorkdirExportError(f"cannot export the training workdirs ({len(problems)} problems):\n  "
+                                 + "\n  ".join(problems))
+
+    gpt_cfg, s2_cfg, voc_cfg = configs["gpt"], configs["s2mel"], configs["vocoder"]
+    front = next(iter(fronts.values()))
+    config = mlc.ConfigDict()
+    config.model = mlc.ConfigDict(gpt_cfg.model.to_dict())
+    config.model.semantic_codec = configs["codec"].model.semantic_codec.to_dict()
+    config.model.s2mel = s2_cfg.model.s2mel.to_dict()
+    config.model.dataset.bpe_model = "bpe.model"
+    config.aux = mlc.ConfigDict({"w2v_bert": gpt_cfg.aux.w2v_bert.to_dict(), "campplus": s2_cfg.aux.campplus.to_dict(),
+                                 "bigvgan": voc_cfg.aux.bigvgan.to_dict()})
+    config.inference = mlc.ConfigDict(gpt_cfg.inference.to_dict())
+    config.inference.semantic_features = front
+    ext = {"condition_input_size": int(_section(gpt_cfg, "gpt.condition_input_size") or 1024),
+           "duration_control": bool(_section(gpt_cfg, "gpt.duration_control") or False)}
+    config.extensions = mlc.ConfigDict({"gpt": ext})
+    cc = component_configs(config)
+    if front == "mel":
+        cc.check_front_end()
+    if cc.codec.codebook_size > cc.gpt.start_mel_token:
+        raise WorkdirExportError(f"the codec's {cc.codec.codebook_size} codes overlap the GPT's start/stop mel tokens "
+                                 f"({cc.gpt.start_mel_token}, {cc.gpt.stop_mel_token})")
+
+    import jax
+
+    from indextts2_jax.models import bigvgan as bigvgan_lib
+    from indextts2_jax.models import campplus as campplus_lib
+    from indextts2_jax.models import gpt as gpt_lib
+    from indextts2_jax.models import s2mel as s2mel_lib
+    from indextts2_jax.models import semantic_codec as codec_lib
+
+    key = jax.random.PRNGKey(0)
+    params: dict[str, Any] = {}
+    steps: dict[str, int] = {}
+    steps["codec"], tree = _stage_params(found["codec"])
+    params["semantic_codec"] = dict(tree)
+    check_params_match(params["semantic_codec"], jax.eval_shape(lambda k: codec_lib.init_params(cc.codec, k), key),
+                       f"codec stage params ({found['codec']})")
+    steps["gpt"], tree = _stage_params(found["gpt"])
+    params["gpt"] = {k: v for k, v in tree.items() if k != "speaker_classifier"}  # stage 2's GRL classifier
+    check_params_match(params["gpt"], gpt_lib.abstract_params(cc.gpt), f"gpt stage params ({found['gpt']})")
+    steps["s2mel"], tree = _stage_params(found["s2mel"])
+    params["s2mel"] = _select(tree, ("length_regulator", "gpt_layer", "estimator"), (), "s2mel stage")
+    check_params_match(params["s2mel"], s2mel_lib.abstract_params(cc.s2mel), f"s2mel stage params ({found['s2mel']})")
+    s2mel_without_latent = "s2mel" in s2_cfg and not gpt_ckpt
+    if s2mel_without_latent:  # content = code embeddings alone, as trained: gpt_layer(latent) := 0
+        last = f"layers_{len(cc.s2mel.gpt_layer_dims) - 1}"
+        layer = params["s2mel"]["gpt_layer"][last]
+        params["s2mel"]["gpt_layer"] = dict(params["s2mel"]["gpt_layer"])
+        params["s2mel"]["gpt_layer"][last] = {k: np.zeros_like(np.asarray(v)) for k, v in layer.items()}
+    steps["vocoder"], tree = _stage_params(found["vocoder"])
+    if "generator" not in tree:
+        raise WorkdirExportError(f"vocoder stage ({found['vocoder']}): no 'generator' params "
+                                 f"(top level: {sorted(tree)})")
+    gen = tree["generator"]
+    if any(getattr(k, "key", None) == "gain" for path, _ in jax.tree_util.tree_leaves_with_path(gen) for k in path):
+        gen = bigvgan_lib.remove_weight_norm(gen)
+    params["bigvgan"] = gen
+    check_params_match(params["bigvgan"], bigvgan_lib.abstract_params(cc.bigvgan),
+                       f"vocoder stage generator params ({found['vocoder']})")
+    if campplus is None:
+        try:
+            from indextts2_jax.train.tasks.s2mel import demo_campplus_params
+        except ImportError as e:
+            raise WorkdirExportError("the style CAMPPlus of the demo S2M stage comes from "
+                                     "indextts2_jax.train.tasks.s2mel.demo_campplus_params, which is not available "
+                                     f"({e}); pass campplus=") from e
+        campplus = demo_campplus_params(s2_cfg)
+    params["campplus"] = {"params": campplus["params"], "batch_stats": campplus["batch_stats"]}
+    check_params_match(params["campplus"], campplus_lib.abstract_variables(cc.campplus), "campplus")
+
+    from indextts2_jax.text.tokenizer import TextTokenizer
+
+    bpe = bpe_path.read_bytes()
+    vocab = TextTokenizer(bpe).vocab_size
+    if vocab > cc.gpt.number_text_tokens:
+        raise WorkdirExportError(f"BPE model {bpe_path} has {vocab} pieces, more than the GPT's "
+                                 f"number_text_tokens={cc.gpt.number_text_tokens}")
+    source = "workdirs:" + ", ".join(f"{s}={found[s].resolve()}@{steps[s]}" for s in STAGES)
+    return ModelAssets(config=config, params=params, w2v_stats=None, spk_matrix=None, emo_matrix=None, bpe_model=bpe,
+                       source=source, extra={"steps": steps, "workdirs": {s: str(found[s]) for s in STAGES},
+                                             "s2mel_gpt_latent": not s2mel_without_latent})
+
+
+def export_workdirs(paths, out_dir: str | os.PathLike, *, bpe_model=None, campplus=None, **bundle_kw) -> Path:
+    """:func:`assets_from_workdirs` then :func:`export_bundle` (``bundle_kw``: dtype, serialize_functions, ...)."""
+    return export_bundle(assets_from_workdirs(paths, bpe_model=bpe_model, campplus=campplus), out_dir, **bundle_kw)
+
+
+__all__ = ["BundleError", "DEFAULT_BUCKETS", "STAGES", "WorkdirExportError", "assets_from_workdirs", "bundle_function",
+           "export_bundle", "export_workdirs", "find_stage_workdirs", "load_bundle", "load_exported", "verify_bundle"]

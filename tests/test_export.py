@@ -156,7 +156,7 @@ def test_export_refuses_foreign_nonempty_dir_and_workdir(converted, tmp_path, ca
     with pytest.raises(FileExistsError):
         export_bundle(assets, tmp_path / "other")
     assert export_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
-    assert "not supported yet" in capsys.readouterr().err
+    assert "neither a training workdir" in capsys.readouterr().err  # workdir export: tests/test_export_workdir.py
     with pytest.raises(ValueError, match="dtype"):
         export_bundle(assets, tmp_path / "b", dtype="float16")
 

@@ -29,8 +29,8 @@ Converted-checkpoint format (``save_converted`` / ``load_converted``)::
     bpe.model
 
 ``load_assets(path)`` takes any of the three forms (official directory, converted checkpoint, inference
-bundle of ``indextts2_jax.export``). ``component_configs(config)`` gives each model file's config
-dataclass from ``ModelAssets.config``.
+bundle of ``indextts2_jax.export``). ``component_configs(config)`` (``indextts2_jax.infer.configs``,
+re-exported here) gives each model file's config dataclass from ``ModelAssets.config``.
 
 Params files use flax msgpack (``flax.serialization``) everywhere (cache, converted checkpoints,
 export bundles): one self-describing file per component, bfloat16 supported, no torch.
@@ -38,7 +38,6 @@ export bundles): one self-describing file per component, bfloat16 supported, no 
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import json
@@ -55,6 +54,7 @@ import numpy as np
 
 from indextts2_jax.errors import CheckpointError, ConfigError, ModelDirectoryError
 from indextts2_jax.infer.assets import COMPONENTS, ModelAssets
+from indextts2_jax.infer.configs import component_configs  # noqa: F401  (re-exported: one wiring for all)
 
 CONVERTED_FORMAT = "indextts2-jax-converted"
 CONVERTED_VERSION = 1
@@ -73,33 +73,6 @@ STATS = {"torch_reads": 0, "conversions": 0, "cache_hits": 0}
 # ---------------------------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------------------------
-def component_configs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The model-file config dataclass of each component from a ``load_official_config`` layout config.
-
-    The S2M ``gpt_layer`` input width is ``gpt.model_dim`` (the official MyModel hard-codes 1280, which is
-    the official model_dim), so tiny configs stay consistent.
-    """
-    from indextts2_jax.models.bigvgan import BigVGANConfig
-    from indextts2_jax.models.campplus import CAMPPlusConfig
-    from indextts2_jax.models.gpt import UnifiedVoiceConfig
-    from indextts2_jax.models.s2mel import S2MelConfig
-    from indextts2_jax.models.semantic_codec import SemanticCodecConfig
-    from indextts2_jax.models.w2v_bert import W2VBertConfig
-
-    m, a = config.model, config.aux
-    gpt = UnifiedVoiceConfig.from_official(m.gpt.to_dict())
-    s2 = S2MelConfig.from_official(m.s2mel.to_dict())
-    s2 = dataclasses.replace(s2, gpt_latent_dim=gpt.model_dim)
-    return {
-        "gpt": gpt,
-        "s2mel": s2,
-        "semantic_codec": SemanticCodecConfig.from_official(m.semantic_codec.to_dict()),
-        "w2v_bert": W2VBertConfig.from_official(a.w2v_bert.to_dict()),
-        "campplus": CAMPPlusConfig.from_official(a.campplus.to_dict()),
-        "bigvgan": BigVGANConfig.from_official(a.bigvgan.to_dict()),
-    }
-
-
 def _config_to_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(json.dumps(config.to_dict()))
 
@@ -392,20 +365,38 @@ def _bf16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
+ARRAY_FILES = {"w2v_stats_mean": "w2v_stats_mean.npy", "w2v_stats_var": "w2v_stats_var.npy",
+               "spk_matrix": "spk_matrix.npy", "emo_matrix": "emo_matrix.npy", "bpe_model": "bpe.model"}
+
+
 def write_arrays(assets: ModelAssets, out: Path) -> dict[str, str]:
-    """The non-param files (stats, matrices, bpe.model); returns role -> file name."""
-    files = {"w2v_stats_mean": "w2v_stats_mean.npy", "w2v_stats_var": "w2v_stats_var.npy",
-             "spk_matrix": "spk_matrix.npy", "emo_matrix": "emo_matrix.npy", "bpe_model": "bpe.model"}
-    np.save(out / files["w2v_stats_mean"], np.asarray(assets.w2v_stats["mean"], np.float32))
-    np.save(out / files["w2v_stats_var"], np.asarray(assets.w2v_stats["var"], np.float32))
-    np.save(out / files["spk_matrix"], np.asarray(assets.spk_matrix, np.float32))
-    np.save(out / files["emo_matrix"], np.asarray(assets.emo_matrix, np.float32))
+    """The non-param files (stats, matrices, bpe.model); returns role -> file name.
+
+    Tables the assets lack (``w2v_stats`` of a stacked-mel model, ``spk_matrix``/``emo_matrix`` of a model
+    without emotion matrices) are not written and not listed."""
+    files = {}
+
+    def npy(role, value):
+        if value is not None:
+            files[role] = ARRAY_FILES[role]
+            np.save(out / files[role], np.asarray(value, np.float32))
+
+    stats = assets.w2v_stats or {}
+    npy("w2v_stats_mean", stats.get("mean"))
+    npy("w2v_stats_var", stats.get("var"))
+    npy("spk_matrix", assets.spk_matrix)
+    npy("emo_matrix", assets.emo_matrix)
+    files["bpe_model"] = ARRAY_FILES["bpe_model"]
     (out / files["bpe_model"]).write_bytes(assets.bpe_model)
     return files
 
 
 def read_arrays(root: Path, files: Mapping[str, str]) -> dict[str, Any]:
+    """The tables listed in ``files`` (role -> file name); unlisted optional tables come back as None."""
+
     def npy(role):
+        if role not in files:
+            return None
         p = root / files[role]
         try:
             return np.load(p, allow_pickle=False)
@@ -414,7 +405,8 @@ def read_arrays(root: Path, files: Mapping[str, str]) -> dict[str, Any]:
         except Exception as e:
             raise CheckpointError(f"cannot read {p}: {e}") from e
 
-    return {"w2v_stats": {"mean": npy("w2v_stats_mean"), "var": npy("w2v_stats_var")},
+    mean, var = npy("w2v_stats_mean"), npy("w2v_stats_var")
+    return {"w2v_stats": None if mean is None or var is None else {"mean": mean, "var": var},
             "spk_matrix": npy("spk_matrix"), "emo_matrix": npy("emo_matrix"),
             "bpe_model": (root / files["bpe_model"]).read_bytes()}
 

@@ -32,21 +32,27 @@ class ModelAssets:
     config: layout of ``configs/indextts2.py``: ``model`` (config.yaml), ``aux`` (w2v_bert, campplus,
         bigvgan kwargs), ``inference`` (infer_v2 defaults).
     params: component name (see ``COMPONENTS``) -> params tree (NumPy or jax arrays).
-    w2v_stats: {"mean": (1024,), "var": (1024,)} for normalizing w2v-BERT hidden states.
-    spk_matrix: feat1.pt, (73, 192) CAMPPlus-space rows, split by ``config.model.emo_num``.
-    emo_matrix: feat2.pt, (73, 1280) emotion vectors, same split.
+    w2v_stats: {"mean": (1024,), "var": (1024,)} for normalizing w2v-BERT hidden states; None for a model
+        whose semantic front-end is the stacked mel (``inference.semantic_features == "mel"``, see
+        ``indextts2_jax.infer.configs``), e.g. one exported from the demo's training workdirs.
+    spk_matrix: feat1.pt, (73, 192) CAMPPlus-space rows, split by ``config.model.emo_num``; None when the
+        model has no emotion matrices (a trained demo model): emotion vectors are then unavailable.
+    emo_matrix: feat2.pt, (73, 1280) emotion vectors, same split (None with spk_matrix).
     bpe_model: the SentencePiece model file's bytes.
     source: where it came from (a path and its kind), for messages.
     """
 
     config: ml_collections.ConfigDict
     params: dict[str, Any]
-    w2v_stats: dict[str, np.ndarray]
-    spk_matrix: np.ndarray
-    emo_matrix: np.ndarray
+    w2v_stats: dict[str, np.ndarray] | None
+    spk_matrix: np.ndarray | None
+    emo_matrix: np.ndarray | None
     bpe_model: bytes
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def missing_components(self) -> list[str]:
-        return [c for c in COMPONENTS if c not in self.params]
+        """Components synthesis needs (per the config's semantic front-end) that ``params`` lacks."""
+        from indextts2_jax.infer.configs import required_components
+
+        return [c for c in required_components(self.config) if c not in self.params]

@@ -29,6 +29,12 @@ inside every conv at the sequence end) only in the last few frames (measured wit
 the last 6 of 60 frames, i.e. ~70 ms; ``vocoder_context_frames`` is the conservative bound used as the
 margin). ``exact_vocoder=True`` runs each segment at its own length instead (one compile per length).
 
+Semantic front-end (``indextts2_jax.infer.configs``, ``inference.semantic_features``): ``"w2v_bert"`` (above)
+or ``"mel"``, the demo's stand-in: the codec and the GPT conditioning read the prompt's stacked log-mel pairs
+(``data_pipeline.preprocess``'s ``mel_stacked``, 160-d, ~43 Hz) instead of w2v-BERT states; one code is two
+mel frames (S2M target length ``2 m``, :attr:`IndexTTS2.code_rate` 43.07/s); no w2v-BERT params or stats.
+Emotion matrices (feat1/feat2) may be absent; ``emotion_vector`` then raises a ConfigError.
+
 Batching (``synthesize_batch``): the segments of many jobs run together (left-padded generation, per-item
 S2M lengths, padded vocoder); with greedy decoding the results equal one-by-one synthesis.
 """
@@ -53,6 +59,7 @@ import numpy as np
 from indextts2_jax import audio as audio_lib
 from indextts2_jax.errors import ConfigError, IndexTTS2Error, ModelDirectoryError
 from indextts2_jax.infer.assets import ModelAssets
+from indextts2_jax.infer.configs import ComponentConfigs, component_configs
 from indextts2_jax.infer.generate import DecodeConfig, generate
 from indextts2_jax.models import bigvgan, campplus, gpt, s2mel, semantic_codec, w2v_bert
 from indextts2_jax.nn.gpt2 import causal_mask
@@ -81,44 +88,6 @@ def normalize_emotion_vector(weights: Sequence[float], apply_bias: bool = True) 
 # ---------------------------------------------------------------------------------------------
 # configs and buckets
 # ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ComponentConfigs:
-    gpt: gpt.UnifiedVoiceConfig
-    s2mel: s2mel.S2MelConfig
-    codec: semantic_codec.SemanticCodecConfig
-    w2v: w2v_bert.W2VBertConfig
-    campplus: campplus.CAMPPlusConfig
-    bigvgan: bigvgan.BigVGANConfig
-    mel: audio_lib.MelConfig
-
-
-def _plain(d) -> dict:
-    return d.to_dict() if hasattr(d, "to_dict") else dict(d)
-
-
-def component_configs(config) -> ComponentConfigs:
-    """The model configs of an assets config (``model``/``aux``/``inference`` layout of configs/indextts2.py).
-
-    S2M's ``gpt_layer`` is sized from the GPT width and the length-regulator input (1280 -> ... -> 1024
-    officially, where both are hard-coded).
-    """
-    model, aux = config.model, config.aux
-    g = gpt.UnifiedVoiceConfig.from_official(_plain(model.gpt))
-    s = s2mel.S2MelConfig.from_official(_plain(model.s2mel))
-    ratio = float(config.get("inference", {}).get("code_to_frame_ratio", 1.72)) if "inference" in config else 1.72
-    s = dataclasses.replace(s, gpt_latent_dim=g.model_dim, frames_per_code=ratio,
-                            gpt_layer_dims=tuple(s.gpt_layer_dims[:-1]) + (s.length_regulator.in_channels,))
-    codec = dataclasses.replace(semantic_codec.SemanticCodecConfig.from_official(_plain(model.semantic_codec)),
-                                with_decoder=False)
-    return ComponentConfigs(
-        gpt=g, s2mel=s, codec=codec,
-        w2v=w2v_bert.W2VBertConfig.from_official(_plain(aux.w2v_bert)),
-        campplus=campplus.CAMPPlusConfig.from_official(_plain(aux.campplus)),
-        bigvgan=bigvgan.BigVGANConfig.from_official(_plain(aux.bigvgan)),
-        mel=audio_lib.MelConfig.from_official(_plain(model.s2mel.preprocess_params)),
-    )
-
-
 def bucket_size(n: int, minimum: int = 16, buckets: Sequence[int] | None = None) -> int:
     """The smallest bucket >= n: from ``buckets`` if given (beyond its end: powers of two), else the
     sequence ``minimum, 1.5 minimum, 2 minimum, 3 minimum, 4 minimum, ...`` (powers of two and their
@@ -172,8 +141,9 @@ def split_tokens(total: int, weights: Sequence[int]) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class SpeakerFeatures:
-    """One speaker prompt: w2v-BERT embedding (1, Tb, H) with ``length`` valid frames, codec-quantised
-    ``S_ref`` (1, Tb, H), reference mel (1, Pb, n_mels) with ``mel_length`` frames, CAMPPlus ``style`` (1, S)."""
+    """One speaker prompt: semantic features (1, Tb, H) (w2v-BERT or stacked mel) with ``length`` valid frames,
+    codec-quantised ``S_ref`` (1, Tb, H), reference mel (1, Pb, n_mels) with ``mel_length`` frames, CAMPPlus
+    ``style`` (1, S)."""
 
     emb: jax.Array
     length: int
@@ -261,21 +231,29 @@ class IndexTTS2:
         self.hop = int(self.cfg.bigvgan.hop_length)
         self.vocoder_margin = vocoder_context_frames(self.cfg.bigvgan)
         self.tokenizer = TextTokenizer(assets.bpe_model)
-        emo_num = [int(x) for x in assets.config.model.emo_num]
-        if sum(emo_num) != assets.spk_matrix.shape[0] or sum(emo_num) != assets.emo_matrix.shape[0]:
-            raise ConfigError(f"emo_num {emo_num} does not match feat1 {assets.spk_matrix.shape} / feat2 "
-                              f"{assets.emo_matrix.shape}")
-        bounds = np.cumsum([0] + emo_num)
-        self.spk_rows = [np.asarray(assets.spk_matrix[a:b], np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
-        self.emo_rows = [np.asarray(assets.emo_matrix[a:b], np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.semantic_features = self.cfg.semantic_features  # "w2v_bert" (official) or "mel" (demo stand-in)
+        if self.semantic_features == "mel":
+            self.cfg.check_front_end()
+        self.spk_rows = self.emo_rows = None  # emotion matrices (feat1/feat2): optional
+        if assets.spk_matrix is not None and assets.emo_matrix is not None:
+            emo_num = [int(x) for x in assets.config.model.emo_num]
+            if sum(emo_num) != assets.spk_matrix.shape[0] or sum(emo_num) != assets.emo_matrix.shape[0]:
+                raise ConfigError(f"emo_num {emo_num} does not match feat1 {assets.spk_matrix.shape} / feat2 "
+                                  f"{assets.emo_matrix.shape}")
+            bounds = np.cumsum([0] + emo_num)
+            self.spk_rows = [np.asarray(assets.spk_matrix[a:b], np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+            self.emo_rows = [np.asarray(assets.emo_matrix[a:b], np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
         p = assets.params
         codec_params = {k: v for k, v in p["semantic_codec"].items() if k != "decoder"}
-        self.params = jax.device_put({
-            "gpt": p["gpt"], "s2mel": p["s2mel"], "codec": codec_params, "w2v": p["w2v_bert"],
-            "campplus": p["campplus"], "bigvgan": p["bigvgan"],
-            "w2v_mean": np.asarray(assets.w2v_stats["mean"], np.float32),
-            "w2v_var": np.asarray(assets.w2v_stats["var"], np.float32),
-        })
+        params = {"gpt": p["gpt"], "s2mel": p["s2mel"], "codec": codec_params, "campplus": p["campplus"],
+                  "bigvgan": p["bigvgan"]}
+        if self.semantic_features == "w2v_bert":
+            if assets.w2v_stats is None:
+                raise ConfigError(f"model assets ({assets.source}) lack the w2v-BERT statistics (wav2vec2bert_stats) "
+                                  "that the w2v_bert semantic front-end needs")
+            params.update(w2v=p["w2v_bert"], w2v_mean=np.asarray(assets.w2v_stats["mean"], np.float32),
+                          w2v_var=np.asarray(assets.w2v_stats["var"], np.float32))
+        self.params = jax.device_put(params)
         self.gpt_model = gpt.UnifiedVoice(self.cfg.gpt, dtype=self.dtype)
         self.prompt_cache = _LRU(prompt_cache_size)
         self.cache_stats = {"hits": 0, "misses": 0}
@@ -320,7 +298,7 @@ class IndexTTS2:
         c = self.cfg
         dt = self.dtype
         w2v_model = w2v_bert.W2VBert(c.w2v, num_layers=c.w2v.layers_for_embedding)
-        codec_model = semantic_codec.SemanticCodec(c.codec)
+        codec_model = semantic_codec.SemanticCodec(c.inference_codec)
         camp_model = campplus.CAMPPlus(c.campplus)
         voc_model = bigvgan.BigVGAN(c.bigvgan, dtype=dt)
         gm = self.gpt_model
@@ -353,8 +331,8 @@ class IndexTTS2:
 
         def s2m(params, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat, codes, code_lens, target_lens,
                 noise_keys, g_max):
-            return _s2m_stage(params, c.s2mel, c.codec, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat, codes,
-                              code_lens, target_lens, noise_keys, g_max, self.diffusion_steps, self.cfg_rate, dt)
+            return _s2m_stage(params, c.s2mel, c.inference_codec, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat,
+                              codes, code_lens, target_lens, noise_keys, g_max, self.diffusion_steps, self.cfg_rate, dt)
 
         def vocode(params, mel):
             return voc_model.apply({"params": params["bigvgan"]}, mel)
@@ -372,7 +350,17 @@ class IndexTTS2:
         return bucket_size(n, minimum, self.buckets)
 
     # -- prompts -----------------------------------------------------------------------------
-    def _semantic(self, wave_16k: np.ndarray) -> tuple[jax.Array, int]:
+    def _semantic(self, wave_22k: np.ndarray | None, wave_16k: np.ndarray | None) -> tuple[jax.Array, int]:
+        """The prompt's semantic features (1, Tb, H), bucket-padded, and their true length T.
+
+        ``w2v_bert``: normalised w2v-BERT hidden states of ``wave_16k`` (50 Hz). ``mel``: the stacked log-mel
+        pairs of ``wave_22k`` exactly as ``data_pipeline.preprocess`` computes the training features (~43 Hz).
+        """
+        if self.semantic_features == "mel":
+            feats = stacked_mel_features(wave_22k, self.assets.config.model.s2mel.preprocess_params)[None]
+            t = feats.shape[1]
+            tb = self._bucket(t, 32)
+            return jnp.asarray(np.pad(feats, ((0, 0), (0, tb - t), (0, 0)))), t
         feats, mask = audio_lib.w2v_bert_features([wave_16k])
         t = int(mask.sum())
         tb = self._bucket(feats.shape[1], 32)
@@ -389,7 +377,7 @@ class IndexTTS2:
             return self.prompt_cache[key]
         self.cache_stats["misses"] += 1
         wav_22k, wav_16k = audio_lib.load_speaker_prompt(path, truncate_seconds=self.prompt_max_seconds)
-        emb, t = self._semantic(wav_16k)
+        emb, t = self._semantic(wav_22k, wav_16k)
         mask = jnp.asarray(np.arange(emb.shape[1])[None, :] < t)
         S_ref = self._codec(self.params, emb, mask)
         mel = np.asarray(audio_lib.mel_spectrogram(wav_22k[None], self.cfg.mel))  # (1, P, n_mels)
@@ -404,15 +392,20 @@ class IndexTTS2:
         return feats
 
     def emotion_features(self, path) -> EmotionFeatures:
-        """The cached emotion-prompt features (``librosa.load(path, sr=16000)`` path)."""
+        """The cached emotion-prompt features (``librosa.load(path, sr=16000)`` path; the stacked-mel front-end
+        reads the speaker path's 22.05 kHz audio instead)."""
         key = _file_key("emotion", path)
         if key in self.prompt_cache:
             self.cache_stats["hits"] += 1
             self.prompt_cache.move_to_end(key)
             return self.prompt_cache[key]
         self.cache_stats["misses"] += 1
-        wav = audio_lib.load_emotion_prompt(path, truncate_seconds=self.prompt_max_seconds)
-        emb, t = self._semantic(wav)
+        if self.semantic_features == "mel":
+            wav_22k, _ = audio_lib.load_speaker_prompt(path, truncate_seconds=self.prompt_max_seconds)
+            emb, t = self._semantic(wav_22k, None)
+        else:
+            wav = audio_lib.load_emotion_prompt(path, truncate_seconds=self.prompt_max_seconds)
+            emb, t = self._semantic(None, wav)
         feats = EmotionFeatures(emb=emb, length=t)
         self.prompt_cache.put(key, feats)
         return feats
@@ -421,6 +414,7 @@ class IndexTTS2:
     def emotion_matrix_vector(self, style: np.ndarray, weights: Sequence[float], use_random: bool = False,
                               rng: np.random.Generator | None = None) -> np.ndarray:
         """sum_i w_i feat2_i[idx_i], idx_i = argmax cosine(style, feat1_i rows) (or random): (D,)."""
+        self._require_emotion_matrices()
         s = np.asarray(style, np.float32).reshape(-1)
         out = np.zeros(self.emo_rows[0].shape[1], np.float32)
         rng = rng or np.random.default_rng(0)
@@ -432,6 +426,13 @@ class IndexTTS2:
                 idx = int(np.argmax(cos))
             out += np.float32(w) * emo[idx]
         return out
+
+    def _require_emotion_matrices(self) -> None:
+        if self.spk_rows is None:
+            raise ConfigError(
+                f"emotion_vector needs the emotion matrices (feat1/feat2: spk_matrix, emo_matrix), which this model "
+                f"({self.assets.source}) does not have (a model trained by this port's recipe has none); use an "
+                "emotion_prompt audio file or the speaker prompt's own emotion instead")
 
     def _resolve_job(self, job: dict, report: dict, timings: dict):
         """Emotion mode + prompt features + conds (1, 34, D) of one job."""
@@ -454,6 +455,7 @@ class IndexTTS2:
             if len(vector) != len(EMOTIONS):
                 raise ConfigError(f"emotion_vector needs {len(EMOTIONS)} weights ({', '.join(EMOTIONS)}), "
                                   f"got {len(vector)}")
+            self._require_emotion_matrices()
             if emo_path is not None:
                 report.setdefault("warnings", []).append("emotion_prompt ignored: emotion_vector given")
             emo_path = None
@@ -505,7 +507,8 @@ class IndexTTS2:
 
     @property
     def code_rate(self) -> float:
-        """Codes per second of output speech: sample_rate / hop / frames_per_code (22050/256/1.72 = 50.08)."""
+        """Codes per second of output speech: sample_rate / hop / frames_per_code (22050/256/1.72 = 50.08 with
+        w2v-BERT; 22050/256/2 = 43.07 with the stacked-mel front-end, whose codes are mel-frame pairs)."""
         return self.sample_rate / self.hop / self.cfg.s2mel.frames_per_code
 
     def duration_to_tokens(self, seconds: float, num_segments: int = 1, interval_silence_ms: float = 200) -> int:
@@ -760,6 +763,21 @@ class IndexTTS2:
         summary = {"jobs": entries, "batch": results[0][2]["batch"] if results else {}}
         (out_dir / "report.json").write_text(json.dumps(summary, indent=2, default=_json_default))
         return summary
+
+
+def stacked_mel_features(wave_22k: np.ndarray, mel_config) -> np.ndarray:
+    """The demo front-end's semantic features of a 22.05 kHz waveform: ``(N // hop // 2, 2 n_mels)`` float32.
+
+    Computed by ``data_pipeline.preprocess`` itself (its ``mel_stacked`` feature: the S2M log-mel, consecutive
+    frame pairs concatenated), so synthesis reads exactly what the codec and GPT stages were trained on.
+    ``mel_config``: the ``model.s2mel.preprocess_params`` section (``sr``, ``spect_params``).
+    """
+    from data_pipeline.preprocess import PreprocessOptions, _Context, _feature_mel_stacked
+
+    cfg = dict(mel_config.to_dict() if hasattr(mel_config, "to_dict") else mel_config)
+    cfg["spect_params"] = dict(cfg["spect_params"])
+    ctx = _Context(None, np.asarray(wave_22k, np.float32), PreprocessOptions(mel_config=cfg), tokenizer=None)
+    return _feature_mel_stacked(ctx)["mel_stacked"]
 
 
 def write_wav(path, wave: np.ndarray, sample_rate: int) -> None:

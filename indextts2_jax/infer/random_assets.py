@@ -116,7 +116,7 @@ def random_params(config: ml_collections.ConfigDict, seed: int = 0, *, init: str
     inits = {
         "gpt": lambda k: gpt.init_params(cfgs.gpt, k),
         "s2mel": lambda k: s2mel.init_params(cfgs.s2mel, k),
-        "semantic_codec": lambda k: semantic_codec.init_params(cfgs.codec, k),
+        "semantic_codec": lambda k: semantic_codec.init_params(cfgs.inference_codec, k),
         "w2v_bert": lambda k: w2v_bert.init_params(cfgs.w2v, k, num_layers=cfgs.w2v.layers_for_embedding),
         "campplus": lambda k: campplus.init_variables(cfgs.campplus, k),
         "bigvgan": lambda k: bigvgan.init_params(cfgs.bigvgan, k),
