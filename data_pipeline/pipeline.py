@@ -31,7 +31,15 @@ Batches are dicts of NumPy arrays with fixed shapes per bucket (see :meth:`Pipel
   ``prompt_features`` (B, P, D) + ``prompt_lengths``. L is the bucket, P ``prompt_frames``.
 * ``codec``: ``semantic_features`` + ``semantic_lengths``.
 * ``s2mel``: ``semantic_features`` (B, L, D) + ``semantic_lengths`` and the aligned ``mel``
-  (B, 2L, 80) + ``mel_lengths`` (the semantic stand-in runs at half the mel rate).
+  (B, ceil(r L), 80) + ``mel_lengths``, cropped to the same time window; r = mel frames per semantic
+  frame (:func:`mel_frames_per_semantic_frame`: 2 for the demo's stacked-mel stand-in, 22050/256/50 =
+  1.7227 for real 50 Hz w2v-BERT features); ``semantic_codes`` (B, L) int32 when the shards hold
+  codes; the style input: ``speaker_embedding`` (B, E) when the shards hold CAMPPlus embeddings,
+  else a ``style_frames`` window of ``campplus_fbank`` as ``style_features`` (B, S, 80) +
+  ``style_lengths`` when the shards hold the fbank.
+* ``s2mel_gpt`` (the S2M stage with a frozen GPT for the latent): as ``s2mel`` plus ``text_ids`` and
+  the GPT prompt (``prompt_features``), records not cropped (the GPT latent needs whole utterances;
+  longer ones are dropped).
 * ``vocoder``: ``mel`` (B, L, 80) + ``mel_lengths`` and the aligned ``wave`` (B, 256 L) float32 +
   ``wave_lengths``.
 
@@ -71,6 +79,7 @@ __all__ = [
     "AssembleBatch",
     "Pipeline",
     "make_pipeline",
+    "mel_frames_per_semantic_frame",
     "save_iterator_state",
     "restore_iterator_state",
 ]
@@ -86,19 +95,30 @@ class StageSpec:
         crop: crop records longer than the largest bucket to it (randomly) instead of dropping.
         text: emit BPE ``text_ids``.
         prompt: emit a prompt segment of the semantic features.
+        codes: emit ``semantic_codes`` (aligned with the semantic features) when the shards hold them.
+        style: emit the S2M style input (``speaker_embedding``, or a ``campplus_fbank`` window).
+
+    The ``mel`` factor of a spec whose length key is semantic is the demo's 2; :func:`make_pipeline`
+    replaces it by :func:`mel_frames_per_semantic_frame` (a float for real features).
     """
 
     length_key: str
-    sequences: Mapping[str, tuple[str, int]]
+    sequences: Mapping[str, tuple[str, float]]
     crop: bool = False
     text: bool = False
     prompt: bool = False
+    codes: bool = False
+    style: bool = False
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "gpt": StageSpec("semantic_features", {"semantic_features": ("semantic", 1)}, text=True, prompt=True),
+    "gpt": StageSpec("semantic_features", {"semantic_features": ("semantic", 1)}, text=True, prompt=True,
+                     codes=True),
     "codec": StageSpec("semantic_features", {"semantic_features": ("semantic", 1)}, crop=True),
-    "s2mel": StageSpec("semantic_features", {"semantic_features": ("semantic", 1), "mel": ("mel", 2)}, crop=True),
+    "s2mel": StageSpec("semantic_features", {"semantic_features": ("semantic", 1), "mel": ("mel", 2)}, crop=True,
+                       codes=True, style=True),
+    "s2mel_gpt": StageSpec("semantic_features", {"semantic_features": ("semantic", 1), "mel": ("mel", 2)},
+                           text=True, prompt=True, codes=True, style=True),
     "vocoder": StageSpec("mel", {"mel": ("mel", 1), "wave": ("wave", 256)}, crop=True),
 }
 _LENGTH_OUTPUT = {"semantic_features": "semantic_lengths", "mel": "mel_lengths", "wave": "wave_lengths"}
@@ -108,6 +128,13 @@ def _cfg(config, key: str, default):
     data = getattr(config, "data", None)
     if data is not None and key in data:
         return data[key]
+    return default
+
+
+def _s2mel_cfg(config, key: str, default):
+    s2mel = getattr(config, "s2mel", None)
+    if s2mel is not None and key in s2mel:
+        return s2mel[key]
     return default
 
 
@@ -121,6 +148,65 @@ def semantic_key(config, available: Sequence[str]) -> str:
             return key
     raise ValueError(f"the shards hold no semantic features (looked for semantic_features, mel_stacked in "
                      f"{sorted(available)})")
+
+
+MEL_FRAME_RATE = 22050 / 256  # S2M/BigVGAN mel (Hz)
+W2V_BERT_FRAME_RATE = 16000 / 160 / 2  # w2v-BERT features/codes: 10 ms fbank frames stacked in pairs (Hz)
+
+
+def _mel_frame_rate(config, meta: Mapping[str, Any]) -> float:
+    mel = (meta.get("options") or {}).get("mel_config") or {}
+    if not mel:
+        try:
+            mel = dict(config.model.s2mel.preprocess_params)
+        except (AttributeError, KeyError, TypeError):
+            mel = {}
+    try:
+        return float(mel["sr"]) / float(mel["spect_params"]["hop_length"])
+    except (KeyError, TypeError, ValueError):
+        return MEL_FRAME_RATE
+
+
+def mel_frames_per_semantic_frame(config, semantic_record_key: str, meta: Mapping[str, Any] | None = None) -> float:
+    """How many mel frames one semantic frame spans (the s2mel crop ratio).
+
+    ``mel_stacked`` (the demo stand-in) is made of mel frame pairs: exactly 2 (an int). Real
+    w2v-BERT features/codes: ``mel rate / semantic rate`` with the mel rate from the shards' mel
+    settings (``dataset.json`` options, else ``config.model.s2mel.preprocess_params``; 22050/256) and
+    the semantic rate from ``dataset.json`` ``frame_rates[<key>]`` when present, else
+    ``config.s2mel.semantic_frame_rate`` when set (> 0), else 50 Hz (w2v-BERT): 1.72265625.
+    """
+    if semantic_record_key == "mel_stacked":
+        return 2
+    meta = meta or {}
+    rates = meta.get("frame_rates") or {}
+    sem_rate = float(rates.get(semantic_record_key, 0.0) or 0.0)
+    if not sem_rate:
+        s2mel = getattr(config, "s2mel", None)
+        sem_rate = float(s2mel.get("semantic_frame_rate", 0.0) or 0.0) if s2mel is not None else 0.0
+    sem_rate = sem_rate or W2V_BERT_FRAME_RATE
+    mel_rate = float(rates.get("mel", 0.0) or 0.0) or _mel_frame_rate(config, meta)
+    return mel_rate / sem_rate
+
+
+def _frames(n: int, factor: float) -> int:
+    """floor(n * factor) (exact for int factors)."""
+    return int(n * factor) if isinstance(factor, int) else int(np.floor(n * factor + 1e-9))
+
+
+def _start(start: int, factor: float) -> int:
+    """round(start * factor): the first frame of a window starting at ``start`` length-key frames."""
+    return int(start * factor) if isinstance(factor, int) else int(np.floor(start * factor + 0.5))
+
+
+def _fit(n: int, factor: float) -> int:
+    """floor(n / factor): length-key frames covered by ``n`` frames of a ``factor`` sequence."""
+    return n // factor if isinstance(factor, int) else int(np.floor(n / factor + 1e-9))
+
+
+def _width(length: int, factor: float) -> int:
+    """Padded width of a ``factor`` sequence for a bucket of ``length`` length-key frames."""
+    return length * factor if isinstance(factor, int) else int(np.ceil(length * factor - 1e-9))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +327,8 @@ class AssembleBatch:
                  semantic_record_key: str, buckets: Sequence[int], seed: int, max_text_tokens: int,
                  prompt_source: str = "other", prompt_frames: int = 128, prompt_min_frames: int = 32,
                  bpe_model: str = "", text_in_shards: bool = True, codes_in_shards: bool = False,
-                 feature_dims: Mapping[str, int] | None = None):
+                 feature_dims: Mapping[str, int] | None = None, factors: Mapping[str, float] | None = None,
+                 style_source: str = "", style_frames: int = 300):
         if prompt_source not in ("other", "same"):
             raise ValueError(f"prompt_source must be 'other' or 'same', got {prompt_source!r}")
         self.shard_paths = list(shard_paths)
@@ -255,6 +342,13 @@ class AssembleBatch:
         self.bpe_model = bpe_model
         self.text_in_shards, self.codes_in_shards = text_in_shards, codes_in_shards
         self.feature_dims = dict(feature_dims or {})
+        # output name -> (record key or "semantic", frames per length-key frame), with the factors given
+        self.sequences = {name: (key, (factors or {}).get(name, factor))
+                          for name, (key, factor) in spec.sequences.items()}
+        if style_source not in ("", "speaker_embedding", "campplus_fbank"):
+            raise ValueError(f"style_source must be '', 'speaker_embedding' or 'campplus_fbank', got {style_source!r}")
+        self.style_source = style_source if spec.style else ""
+        self.style_frames = int(style_frames)
         by_speaker: dict[str, list[int]] = {}
         for i, e in enumerate(index):
             by_speaker.setdefault(e["speaker"], []).append(i)
@@ -331,16 +425,26 @@ class AssembleBatch:
         }
         first = records[real[0]] if real else None
         arrays = {}
-        for name, (key, factor) in spec.sequences.items():
+        for name, (key, factor) in self.sequences.items():
             rec_key = self.semantic_record_key if key == "semantic" else key
             dim = self.feature_dims.get(rec_key)
             if dim is None and first is not None:
                 dim = int(np.prod(np.shape(first[rec_key])[1:], dtype=np.int64))
-            shape = (b, length * factor) if name == "wave" else (b, length * factor, dim or 0)
+            width = _width(length, factor)
+            shape = (b, width) if name == "wave" else (b, width, dim or 0)
             arrays[name] = np.zeros(shape, np.float32)
             out[_LENGTH_OUTPUT[name]] = np.zeros(b, np.int32)
-        if self.codes_in_shards and spec.text:
+        if self.codes_in_shards and spec.codes:
             arrays["semantic_codes"] = np.zeros((b, length), np.int32)
+        if self.style_source == "speaker_embedding":
+            dim = self.feature_dims.get("speaker_embedding")
+            if dim is None and first is not None:
+                dim = int(np.shape(first["speaker_embedding"])[-1])
+            out["speaker_embedding"] = np.zeros((b, dim or 0), np.float32)
+        elif self.style_source == "campplus_fbank":
+            out["style_features"] = np.zeros((b, self.style_frames, self.feature_dims.get("campplus_fbank", 80)),
+                                             np.float32)
+            out["style_lengths"] = np.zeros(b, np.int32)
         if spec.text:
             out["text_ids"] = np.zeros((b, self.max_text_tokens), np.int32)
             out["text_lengths"] = np.zeros(b, np.int32)
@@ -357,19 +461,21 @@ class AssembleBatch:
             out["speaker_index"][row] = rec["speaker_index"]
             out["duration"][row] = rec["duration"]
             # time crop (in length-key frames), shared by the aligned sequences
-            len_key, len_factor = spec.sequences[spec.length_key]
+            len_key, len_factor = self.sequences[spec.length_key]
             len_rec = self.semantic_record_key if len_key == "semantic" else len_key
-            n = np.shape(rec[len_rec])[0] // len_factor
-            for key, factor in spec.sequences.values():
+            n = _fit(np.shape(rec[len_rec])[0], len_factor)
+            for key, factor in self.sequences.values():
                 rec_key = self.semantic_record_key if key == "semantic" else key
-                n = min(n, np.shape(rec[rec_key])[0] // factor)
+                n = min(n, _fit(np.shape(rec[rec_key])[0], factor))
             start = 0
             if n > length:
                 start = int(rng.integers(n - length + 1))
                 n = length
-            for name, (key, factor) in spec.sequences.items():
+            # the same time window in every sequence: frames [round(start f), round((start + n) f))
+            for name, (key, factor) in self.sequences.items():
                 rec_key = self.semantic_record_key if key == "semantic" else key
-                seg = np.asarray(rec[rec_key])[start * factor:(start + n) * factor]
+                seg = np.asarray(rec[rec_key])[_start(start, factor):_start(start + n, factor)]
+                seg = seg[: arrays[name].shape[1]]
                 if name == "wave":
                     seg = seg.astype(np.float32) / 32768.0 if seg.dtype == np.int16 else seg
                 arrays[name][row, : seg.shape[0]] = seg
@@ -377,6 +483,14 @@ class AssembleBatch:
             if "semantic_codes" in arrays:
                 codes = np.asarray(rec["semantic_codes"])[start:start + n]
                 arrays["semantic_codes"][row, : codes.shape[0]] = codes
+            if self.style_source == "speaker_embedding":
+                out["speaker_embedding"][row] = np.asarray(rec["speaker_embedding"], np.float32).reshape(-1)
+            elif self.style_source == "campplus_fbank":
+                fbank = np.asarray(rec["campplus_fbank"], np.float32)
+                s_len = min(self.style_frames, fbank.shape[0])
+                s_start = int(rng.integers(fbank.shape[0] - s_len + 1))
+                out["style_features"][row, :s_len] = fbank[s_start:s_start + s_len]
+                out["style_lengths"][row] = s_len
             if spec.text:
                 ids = self._text_ids(rec)
                 if ids.shape[0] > self.max_text_tokens:  # only when tokenizing here: cannot drop, so mask
@@ -477,6 +591,13 @@ def make_pipeline(config, split: str = "train", *, shards_dir: str | os.PathLike
     seed = int(_cfg(config, "shuffle_seed", 0) if seed is None else seed)
     len_key, len_factor = spec.sequences[spec.length_key]
     len_record_key = sem_key if len_key == "semantic" else len_key
+    factors = {}
+    if len_key == "semantic" and "mel" in spec.sequences:
+        factors["mel"] = mel_frames_per_semantic_frame(config, sem_key, meta)
+    style_source = ""
+    if spec.style:
+        style_source = "speaker_embedding" if "speaker_embedding" in available else (
+            "campplus_fbank" if "campplus_fbank" in available else "")
     text_in_shards = "text_ids" in available
     plan = BatchPlan(index, length_record_key=len_record_key, length_factor=len_factor, buckets=buckets,
                      global_batch_size=int(global_batch_size or getattr(config, "global_batch_size", 8)),
@@ -501,6 +622,8 @@ def make_pipeline(config, split: str = "train", *, shards_dir: str | os.PathLike
     for key, value in first.items():
         if isinstance(value, np.ndarray) and value.ndim == 2:
             dims[key] = int(value.shape[1])
+        elif key == "speaker_embedding":
+            dims[key] = int(np.size(value))
     smallest = min(buckets)
     assemble = AssembleBatch(
         paths, index, spec, semantic_record_key=sem_key, buckets=buckets, seed=seed,
@@ -509,7 +632,8 @@ def make_pipeline(config, split: str = "train", *, shards_dir: str | os.PathLike
         prompt_frames=int(prompt_frames or _cfg(config, "prompt_frames", smallest)),
         prompt_min_frames=int(prompt_min_frames or _cfg(config, "prompt_min_frames", max(1, smallest // 4))),
         bpe_model=str(bpe_model or ""), text_in_shards=text_in_shards,
-        codes_in_shards="semantic_codes" in available, feature_dims=dims)
+        codes_in_shards="semantic_codes" in available, feature_dims=dims, factors=factors,
+        style_source=style_source, style_frames=int(_s2mel_cfg(config, "style_frames", 300)))
     ds = grain.MapDataset.source(plan).map(assemble)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size))
     workers = int(_cfg(config, "num_workers", 0) if num_workers is None else num_workers)

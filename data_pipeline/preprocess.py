@@ -297,7 +297,7 @@ MODEL_FEATURE_NAMES = {"w2v_bert": "w2v-BERT semantic features", "semantic_codes
 DEFAULT_FEATURES = {
     "gpt": ("mel_stacked",),
     "codec": ("mel_stacked",),
-    "s2mel": ("mel", "mel_stacked"),
+    "s2mel": ("mel", "mel_stacked", "campplus_fbank"),  # campplus_fbank: the demo CAMPPlus style input
     "vocoder": ("mel", "wave"),
 }
 MODEL_DEFAULT_FEATURES = {  # with --model: the real features instead of the demo stand-ins

@@ -246,3 +246,55 @@ def test_orbax_checkpoint_manager_with_grain_handler(data, tmp_path):
     np.testing.assert_array_equal(restored["state"]["w"], train_state["w"])
     assert_batches_equal(head + list(restored["data"]), reference)
     mngr.close()
+
+
+def test_s2mel_real_features_crop_the_same_time_window(tmp_path):
+    """Real shards: 50 Hz w2v-BERT features/codes and 22050/256 Hz mel. The s2mel crop takes the same time
+    window from both (ratio 1.7227 from the shard/config rates, not the demo's 2), codes follow the features,
+    and the style input is the shards' speaker_embedding."""
+    from configs import indextts2
+
+    sem_rate, mel_rate = 50.0, 22050 / 256
+    records, index = [], []
+    for i, seconds in enumerate((1.0, 2.3, 3.7, 5.1, 0.7, 4.4)):
+        n_sem, n_mel = int(seconds * sem_rate), int(seconds * mel_rate)
+        # every frame holds its own centre time (s), so the test can read where a crop starts and ends
+        sem = np.repeat(((np.arange(n_sem) + 0.5) / sem_rate)[:, None], 4, 1).astype(np.float32)
+        mel = np.repeat(((np.arange(n_mel) + 0.5) / mel_rate)[:, None], 80, 1).astype(np.float32)
+        records.append({"id": f"u{i}", "speaker": f"s{i % 2}", "speaker_index": i % 2, "text": "x", "language": "en",
+                        "emotion": None, "duration": seconds, "sample_rate": 22050, "num_samples": n_mel * 256,
+                        "semantic_features": sem, "semantic_codes": np.arange(n_sem, dtype=np.int32), "mel": mel,
+                        "speaker_embedding": np.full(192, i, np.float32)})
+        index.append({"id": f"u{i}", "speaker": f"s{i % 2}", "speaker_index": i % 2, "duration": seconds,
+                      "lengths": {"semantic_features": n_sem, "semantic_codes": n_sem, "mel": n_mel}})
+    path = tmp_path / shard_io.shard_name("train", 0, 1)
+    with shard_io.ShardWriter(path) as w:
+        for r in records:
+            w.write(r)
+    shard_io.write_done(path, {"num_records": len(index), "examples": index, "skipped": []})
+    outputs = {"semantic_features": "", "semantic_codes": "", "mel": "", "speaker_embedding": ""}
+    (tmp_path / "dataset.json").write_text(__import__("json").dumps({"outputs": outputs}))
+    config = indextts2.get_config("stage=s2mel")
+    assert dp.mel_frames_per_semantic_frame(config, "semantic_features") == pytest.approx(mel_rate / sem_rate)
+    assert dp.mel_frames_per_semantic_frame(config, "mel_stacked") == 2
+    p = dp.make_pipeline(config, shards_dir=tmp_path, length_buckets=(64, 128), global_batch_size=2, num_epochs=3,
+                         num_workers=0, process_index=0, process_count=1)
+    assert p.dropped == {} and len(p.plan.kept) == 6
+    cropped = 0
+    for batch in p:
+        L = batch["semantic_features"].shape[1]
+        assert batch["mel"].shape == (2, int(np.ceil(L * mel_rate / sem_rate)), 80)
+        assert batch["semantic_codes"].shape == (2, L) and batch["speaker_embedding"].shape == (2, 192)
+        for row in np.nonzero(batch["valid"])[0]:
+            n, m = batch["semantic_lengths"][row], batch["mel_lengths"][row]
+            assert abs(m - n * mel_rate / sem_rate) <= 1, (n, m)
+            sem_t = batch["semantic_features"][row, :n, 0]
+            mel_t = batch["mel"][row, :m, 0]
+            # the same window: starts and ends agree within a mel frame (a semantic frame is 1.72 mel frames)
+            assert abs((sem_t[0] - 0.5 / sem_rate) - (mel_t[0] - 0.5 / mel_rate)) <= 0.5 / mel_rate + 1e-6
+            assert abs((sem_t[-1] + 0.5 / sem_rate) - (mel_t[-1] + 0.5 / mel_rate)) <= 1.0 / mel_rate + 1e-6
+            first = int(round(sem_t[0] * sem_rate - 0.5))
+            np.testing.assert_array_equal(batch["semantic_codes"][row, :n], np.arange(first, first + n))
+            assert (batch["speaker_embedding"][row] == batch["record_index"][row]).all()
+            cropped += n == 128 and first > 0
+    assert cropped > 0  # long records were cropped away from their start
