@@ -111,7 +111,7 @@ def test_wer_real_audio_far_below_reversed_and_noise(corpus, tmp_path):
         wer[kind] = report["corpus"]["corpus_wer"]
         assert report["summary"]["wer"]["n"] == len(its)
     print("corpus WER", wer)
-    assert wer["real"] < 0.5, wer  # pocketsphinx on espeak-ng formant voices: ~0.35 measured
+    assert wer["real"] < 0.35, wer  # pocketsphinx on espeak-ng formant voices: 0.19 measured here
     assert wer["reversed"] > wer["real"] + 0.4, wer
     assert wer["noise"] > wer["real"] + 0.5, wer
 

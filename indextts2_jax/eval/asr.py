@@ -280,13 +280,20 @@ class PocketsphinxRecognizer:
             cmudict-en-us.dict.
         workdir: where the LM and reduced dictionary are written (default: a temporary folder, removed with
             this object).
+        noise_floor_db: Gaussian noise this many dB below the utterance's RMS is added before decoding (fixed
+            seed; None: off). pocketsphinx's front end degrades badly on digitally silent pauses (exact zeros, as
+            espeak-ng and many vocoders produce): on 24 demo-corpus utterances by 12 espeak-ng voices the WER of
+            the real recordings fell from 58.7 % to 31.8 % with a -30 dB floor (-40 dB: 34.8 %, -24 dB: 33.7 %;
+            pocketsphinx's own 1-LSB ``dither``: 51.1 %).
     Call it with a 16 kHz float32 waveform; returns the transcript (lower case words).
     """
 
     def __init__(self, texts: Iterable[str], language: str = "en", *, hmm: str | os.PathLike | None = None,
-                 dictionary: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None):
+                 dictionary: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
+                 noise_floor_db: float | None = -30.0):
         import pocketsphinx
 
+        self.noise_floor_db = noise_floor_db
         model = Path(pocketsphinx.get_model_path())
         hmm = Path(hmm) if hmm is not None else model / "en-us" / "en-us"
         dictionary = Path(dictionary) if dictionary is not None else model / "en-us" / "cmudict-en-us.dict"
@@ -331,7 +338,12 @@ class PocketsphinxRecognizer:
         return sum(w in oov for w in words) / len(words) if words else 0.0
 
     def __call__(self, wave_16k: np.ndarray) -> str:
-        pcm = np.clip(np.round(np.asarray(wave_16k, np.float64) * 32767.0), -32768, 32767).astype("<i2")
+        wave = np.asarray(wave_16k, np.float64)
+        if self.noise_floor_db is not None and len(wave):
+            rms = np.sqrt(np.mean(wave**2))
+            noise = np.random.default_rng(0).standard_normal(len(wave))  # same seed: a pure function of the wave
+            wave = wave + rms * 10 ** (self.noise_floor_db / 20) * noise
+        pcm = np.clip(np.round(wave * 32767.0), -32768, 32767).astype("<i2")
         self._decoder.start_utt()
         self._decoder.process_raw(pcm.tobytes(), no_search=False, full_utt=True)
         self._decoder.end_utt()
