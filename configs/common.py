@@ -173,6 +173,33 @@ def training_defaults() -> ml_collections.ConfigDict:
     # S2M stage (indextts2_jax/train/tasks/s2mel.py).
     c.s2mel = ml_collections.ConfigDict()
 
-    # Vocoder stage (indextts2_jax/train/tasks/vocoder.py).
+    # Vocoder stage (indextts2_jax/train/tasks/vocoder.py): BigVGAN v2 GAN training. The generator is
+    # ``config.aux.bigvgan`` (official keys); these are the official BigVGAN v2 (22 kHz, 80 band, 256x)
+    # config.json training values unless noted.
     c.vocoder = ml_collections.ConfigDict()
+    c.vocoder.segment_frames = 256  # mel frames per training crop (official segment_size 65536 samples / 256)
+    c.vocoder.weight_norm = True  # train weight-normed convs (kernel = v, gain = g) as the official code
+    c.vocoder.remat = False  # rematerialize each AMP block in the backward pass (saves memory at full size)
+    c.vocoder.learning_rate = 1e-4  # generator and discriminators (config.json learning_rate)
+    c.vocoder.discriminator_learning_rate = 1e-4
+    c.vocoder.b1 = 0.8
+    c.vocoder.b2 = 0.99
+    c.vocoder.eps = 1e-8
+    c.vocoder.weight_decay = 0.01  # torch AdamW's default, applied to every param as in the official training
+    c.vocoder.lr_decay = 0.9999996  # exponential decay per step (BigVGAN v2 steps its scheduler per step)
+    c.vocoder.warmup_steps = 0  # linear warm-up before the decay (official: none)
+    c.vocoder.grad_clip_norm = 500.0  # clip_grad_norm: generator, MPD and CQTD/MRD clipped separately
+    c.vocoder.lambda_mel = 15.0  # lambda_melloss (multi-scale mel L1)
+    c.vocoder.lambda_adv = 1.0  # LSGAN generator loss weight
+    c.vocoder.lambda_fm = 1.0  # feature matching weight (the loss itself carries BigVGAN's factor 2)
+    c.vocoder.mel_loss_windows = (32, 64, 128, 256, 512, 1024, 2048)  # MultiScaleMelSpectrogramLoss
+    c.vocoder.mel_loss_mels = (5, 10, 20, 40, 80, 160, 320)
+    # Discriminators, official config.json keys (DiscriminatorConfig.from_official) plus cqtd_fmin.
+    c.vocoder.discriminator = ml_collections.ConfigDict(dict(
+        mpd_reshapes=(2, 3, 5, 7, 11), discriminator_channel_mult=1.0, use_spectral_norm=False,
+        use_cqtd_instead_of_mrd=True, cqtd_filters=128, cqtd_max_filters=1024, cqtd_filters_scale=1.0,
+        cqtd_dilations=(1, 2, 4), cqtd_hop_lengths=(512, 256, 256), cqtd_n_octaves=(9, 9, 9),
+        cqtd_bins_per_octaves=(24, 36, 48), cqtd_fmin=32.70,
+        resolutions=((1024, 120, 600), (2048, 240, 1200), (512, 50, 240)),  # MRD (v1), when not CQTD
+    ))
     return c

@@ -49,6 +49,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.codec.kmeans_batches = 2
     if args.stage == "gpt":
         c.data.length_buckets = (128, 256, 384)  # within the demo GPT's max_mel_tokens (400)
+    if args.stage == "vocoder":
+        # 32-frame crops (8192 samples), narrow discriminators, a short mel-loss ladder: minutes on 2 CPU cores
+        # (the generator is aux.bigvgan below).
+        c.vocoder.segment_frames = 32
+        c.vocoder.learning_rate = 5e-4
+        c.vocoder.discriminator_learning_rate = 5e-4
+        c.vocoder.mel_loss_windows = (32, 64, 128, 256, 512, 1024)
+        c.vocoder.mel_loss_mels = (5, 10, 20, 40, 80, 160)
+        c.vocoder.discriminator.update(dict(
+            discriminator_channel_mult=0.125, cqtd_filters=16, cqtd_max_filters=16, cqtd_dilations=(1, 2),
+            cqtd_hop_lengths=(256, 256), cqtd_n_octaves=(9, 9), cqtd_bins_per_octaves=(24, 36)))
 
     feat_dim = 160  # stacked mel pairs stand in for w2v-BERT's 1024-d features
     codebook = 256

@@ -28,13 +28,15 @@ FRAME_RATE = 22050 / 256 / 2  # stacked mel pairs: ~43 Hz
 def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num_speakers: int = 4,
                            vocab: int = 64, dim: int = 160, frames_per_token: int = 4, min_tokens: int = 4,
                            max_tokens: int = 12, valid_utterances: int = 8, seed: int = 0,
-                           codes: bool = False) -> Path:
+                           codes: bool = False, audio: bool = False) -> Path:
     """A train (+ valid) shard set of ``num_utterances`` synthetic records; returns ``out_dir``.
 
     Record i: speaker ``i % num_speakers``, ``text_ids`` of ``min_tokens..max_tokens`` ids in
     ``[2, vocab)``, ``mel_stacked`` = each token's fixed random vector (+ a speaker offset, + noise)
     repeated ``frames_per_token`` times. With ``codes``, also ``semantic_codes`` (the token ids,
     repeated likewise), as shards preprocessed with a codec would hold.
+
+    With ``audio`` (the vocoder stage), :func:`add_synthetic_audio` then adds ``wave`` and its ``mel``.
     """
     from data_pipeline import shards as shard_io
 
@@ -78,6 +80,68 @@ def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num
             "outputs": {"mel_stacked": "(T, 160) float32", "text_ids": "(N,) int32"}, "synthetic": True}
     if codes:
         meta["outputs"]["semantic_codes"] = "(T,) int32"
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    if audio:
+        add_synthetic_audio(out)
+    return out
+
+
+def synthetic_wave(frame_ids: np.ndarray, speaker: int, samples_per_frame: int = 512, seed: int = 0,
+                   sample_rate: int = 22050) -> np.ndarray:
+    """A float32 waveform (len(frame_ids) * samples_per_frame,) in [-1, 1]: a harmonic tone per frame id.
+
+    Id t sounds at ``f0 = speaker base (110..185 Hz) * 2 ** ((t % 12) / 12)`` with 4 harmonics whose
+    amplitudes depend on t; continuous phase, 5 ms cross-fades between ids, a little noise (seeded).
+    """
+    ids = np.asarray(frame_ids)
+    rng = np.random.default_rng([seed, 1234])
+    base = 110.0 * 2 ** ((speaker % 4) / 4)
+    f0 = np.repeat(base * 2 ** ((ids % 12) / 12), samples_per_frame)
+    amps = np.repeat(np.stack([0.5 / (1 + (ids * (h + 3)) % 4) for h in range(4)], 1), samples_per_frame, axis=0)
+    fade = max(1, int(0.005 * sample_rate))
+
+    def smooth(x):
+        return np.convolve(np.pad(x, (fade // 2, fade - 1 - fade // 2), mode="edge"), np.ones(fade) / fade, "valid")
+
+    f0 = smooth(f0)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    wave = 0.5 * sum(smooth(amps[:, h]) * np.sin((h + 1) * phase) for h in range(4))
+    wave = wave + 0.003 * rng.standard_normal(wave.shape)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+def add_synthetic_audio(shards_dir: str | Path) -> Path:
+    """Add the vocoder stage's fields to a :func:`write_synthetic_shards` shard set, in place.
+
+    Each record gets ``wave`` (N,) int16 at 22.05 kHz, N = 512 * (``mel_stacked`` frames):
+    :func:`synthetic_wave` of its text ids spread over the frames and its speaker; and ``mel``
+    (N // 256, 80), its log-mel exactly as ``data_pipeline.preprocess`` computes it
+    (:func:`indextts2_jax.audio.mel_spectrogram`). Records holding a ``mel`` already are refused.
+    """
+    from data_pipeline import shards as shard_io
+    from data_pipeline.preprocess import _log_mel
+
+    out = Path(shards_dir)
+    meta = json.loads((out / "dataset.json").read_text())
+    if "mel" in meta.get("outputs", {}):
+        raise ValueError(f"{out}: the shards hold a 'mel' already; write them without it to add audio")
+    for split in meta["shards"]:
+        for path in shard_io.list_shards(out, split):
+            records = list(shard_io.read_shard(path))
+            info = shard_io.read_done(path)
+            with shard_io.ShardWriter(path) as w:
+                for r, entry in zip(records, info["examples"]):
+                    n = int(r["mel_stacked"].shape[0])
+                    ids = np.asarray(r["text_ids"])
+                    frame_ids = ids[np.arange(n) * len(ids) // n]
+                    wave = synthetic_wave(frame_ids, int(r["speaker_index"]), 512, seed=int(r["id"][3:]))
+                    r["wave"] = np.round(np.clip(wave, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+                    r["mel"] = _log_mel(r["wave"].astype(np.float32) / 32768.0, None)
+                    w.write(r)
+                    entry["lengths"].update(mel=int(r["mel"].shape[0]), wave=int(r["wave"].shape[0]))
+            shard_io.write_done(path, info)
+    meta["features"] += ["mel", "wave"]
+    meta["outputs"].update({"mel": "(N // 256, 80) float32", "wave": "(N,) int16"})
     (out / "dataset.json").write_text(json.dumps(meta, indent=1))
     return out
 

@@ -84,6 +84,14 @@ class Task:
         """Model FLOPs of one training step (for MFU); default 6 * params * tokens."""
         return 6.0 * num_params * self.tokens_in_batch(batch)
 
+    def make_optimizer(self, total_steps: int):
+        """``(tx, schedule)`` for this stage, or None for the config's default (``train/optim.py``).
+
+        A stage whose parts need their own optimizer settings (the vocoder's generator and
+        discriminators) overrides this; ``schedule(step)`` is logged as ``learning_rate``.
+        """
+        return None
+
     def select_init_params(self, restored: Any) -> Any:
         """The part of a converted checkpoint (``config.init_from``) that this stage trains."""
         return restored.get("params", restored) if isinstance(restored, Mapping) else restored
@@ -203,8 +211,9 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
 
     # Abstract state and shardings; init straight into them.
     total_steps = int(config.total_steps)
-    tx, schedule = make_optimizer(config.optimizer, total_steps, tuple(config.freeze),
-                                  int(config.grad_accum_steps))
+    custom = task.make_optimizer(total_steps)
+    tx, schedule = custom if custom is not None else make_optimizer(
+        config.optimizer, total_steps, tuple(config.freeze), int(config.grad_accum_steps))
     rng = jax.random.key(int(config.seed))
     init_rng, step_rng = jax.random.split(rng)
     example_global = sharding.global_batch(example, mesh)
