@@ -11,7 +11,9 @@
 model directory (converted on the fly, cached in ``<dir>/jax_cache``). ``--workdir`` (repeatable) is a
 training run's workdir or a recipe root holding ``codec/ gpt/ s2mel/ vocoder/`` (or ``stages/<stage>/``):
 the latest checkpoint of every stage goes into the bundle (``indextts2_jax.export.assets_from_workdirs``;
-the BPE model from the GPT stage's config unless ``--bpe_model``). The bundle format and the exported
+the BPE model from the GPT stage's config unless ``--bpe_model``). Stages trained on real w2v-BERT features
+need ``--base`` (a converted official checkpoint or official model directory) for w2v-BERT, its statistics,
+the pretrained CAMPPlus and the emotion matrices. The bundle format and the exported
 functions are described in ``indextts2_jax.export``. Prints the components, parameter counts, sizes and
 the time taken.
 """
@@ -31,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="converted checkpoint folder (or an official model directory)")
     p.add_argument("--workdir", action="append", default=[],
                    help="a training stage's workdir or a recipe root holding codec/ gpt/ s2mel/ vocoder/ (repeatable)")
+    p.add_argument("--base", default=None,
+                   help="with --workdir, for stages trained on w2v-BERT features: a converted official checkpoint / "
+                        "official model dir / bundle giving w2v-BERT, its statistics, CAMPPlus and emotion matrices")
     p.add_argument("--bpe_model", default=None,
                    help="with --workdir: the SentencePiece model (default: the GPT stage config's data.bpe_model)")
     p.add_argument("--out", required=True, help="bundle output folder")
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     src = ", ".join(args.workdir) if args.workdir else Path(args.checkpoint)
     try:
         if args.workdir:
-            assets = assets_from_workdirs(args.workdir, bpe_model=args.bpe_model)
+            assets = assets_from_workdirs(args.workdir, bpe_model=args.bpe_model, base=args.base)
         else:
             assets = load_assets(src)  # a converted checkpoint, an official directory (or another bundle)
         out = export_bundle(assets, args.out, dtype=args.dtype, serialize_functions=args.serialize_functions,

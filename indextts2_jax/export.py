@@ -348,8 +348,8 @@ def _select(params: Mapping, keys: tuple[str, ...], drop: tuple[str, ...], what:
     return {k: params[k] for k in keys if k in params}
 
 
-def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, campplus: Mapping | None = None
-                         ) -> ModelAssets:
+def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, campplus: Mapping | None = None,
+                         base: ModelAssets | str | os.PathLike | None = None) -> ModelAssets:
     """:class:`ModelAssets` from the training workdirs of the four stages (their latest checkpoints).
 
     Args:
@@ -358,7 +358,12 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
       bpe_model: the SentencePiece model; default ``config.data.bpe_model`` or ``config.model.dataset.bpe_model``
         of the GPT stage (a path as given, else relative to the workdir or the recipe root).
       campplus: CAMPPlus ``{"params", "batch_stats"}`` for the style vectors; default the demo S2M stage's frozen
-        seeded CAMPPlus (``indextts2_jax.train.tasks.s2mel.demo_campplus_params`` of the s2mel stage's config).
+        seeded CAMPPlus (``indextts2_jax.train.tasks.s2mel.demo_campplus_params`` of the s2mel stage's config), or
+        with the w2v-BERT front-end the ``base`` model's pretrained CAMPPlus.
+      base: what training does not produce, for stages trained on real w2v-BERT features (required then): a
+        converted official checkpoint, an official model directory or a bundle (or its ModelAssets). Gives the
+        w2v-BERT params and statistics, the CAMPPlus, and the emotion matrices (feat1/feat2) when their shapes fit
+        the trained GPT and CAMPPlus.
 
     Components: ``semantic_codec`` (the codec stage, decoder included), ``gpt`` (UnifiedVoice; the stage-2
     ``speaker_classifier`` dropped), ``s2mel`` (length regulator, gpt_layer, DiT; an S2M stage trained without a
@@ -424,6 +429,10 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
                 problems.append(f"{stage}: {e}")
     if len(set(fronts.values())) > 1:
         problems.append(f"the stages read different semantic features: {fronts}")
+    if "w2v_bert" in fronts.values() and base is None:
+        problems.append("the stages were trained on w2v-BERT features: the bundle needs the w2v-BERT 2.0 params and "
+                        "statistics and the pretrained CAMPPlus, which training does not produce; pass base= (--base: "
+                        "a converted official checkpoint, an official model directory or a bundle)")
     bpe_path = None
     if bpe_model is not None:
         bpe_path = Path(bpe_model)
@@ -444,6 +453,10 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
 
     gpt_cfg, s2_cfg, voc_cfg = configs["gpt"], configs["s2mel"], configs["vocoder"]
     front = next(iter(fronts.values()))
+    if base is not None and not isinstance(base, ModelAssets):
+        from indextts2_jax.convert.official import load_assets
+
+        base = load_assets(base)
     config = mlc.ConfigDict()
     config.model = mlc.ConfigDict(gpt_cfg.model.to_dict())
     config.model.semantic_codec = configs["codec"].model.semantic_codec.to_dict()
@@ -451,6 +464,11 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
     config.model.dataset.bpe_model = "bpe.model"
     config.aux = mlc.ConfigDict({"w2v_bert": gpt_cfg.aux.w2v_bert.to_dict(), "campplus": s2_cfg.aux.campplus.to_dict(),
                                  "bigvgan": voc_cfg.aux.bigvgan.to_dict()})
+    from_base = front == "w2v_bert"  # w2v-BERT and the pretrained CAMPPlus come from the base model
+    if from_base:
+        config.aux.w2v_bert = base.config.aux.w2v_bert.to_dict()
+        if campplus is None:
+            config.aux.campplus = base.config.aux.campplus.to_dict()
     config.inference = mlc.ConfigDict(gpt_cfg.inference.to_dict())
     config.inference.semantic_features = front
     ext = {"condition_input_size": int(_section(gpt_cfg, "gpt.condition_input_size") or 1024),
@@ -500,7 +518,9 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
     params["bigvgan"] = gen
     check_params_match(params["bigvgan"], bigvgan_lib.abstract_params(cc.bigvgan),
                        f"vocoder stage generator params ({found['vocoder']})")
-    if campplus is None:
+    if campplus is None and from_base:
+        campplus = base.params["campplus"]
+    elif campplus is None:
         try:
             from indextts2_jax.train.tasks.s2mel import demo_campplus_params
         except ImportError as e:
@@ -518,15 +538,33 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
     if vocab > cc.gpt.number_text_tokens:
         raise WorkdirExportError(f"BPE model {bpe_path} has {vocab} pieces, more than the GPT's "
                                  f"number_text_tokens={cc.gpt.number_text_tokens}")
+    w2v_stats = spk = emo = None
+    if from_base:
+        if "w2v_bert" not in base.params or base.w2v_stats is None:
+            raise WorkdirExportError(f"base model {base.source} has no w2v-BERT params/statistics")
+        params["w2v_bert"] = base.params["w2v_bert"]
+        w2v_stats = base.w2v_stats
+        if np.shape(w2v_stats["mean"]) != (cc.codec.hidden_size,):
+            raise WorkdirExportError(f"base w2v-BERT statistics are {np.shape(w2v_stats['mean'])}-d; the trained codec "
+                                     f"reads {cc.codec.hidden_size}-d features")
+    if base is not None and base.spk_matrix is not None and base.emo_matrix is not None:
+        rows = int(sum(config.model.emo_num))
+        if np.shape(base.spk_matrix) == (rows, cc.campplus.embedding_size) and \
+                np.shape(base.emo_matrix) == (rows, cc.gpt.model_dim):
+            spk, emo = base.spk_matrix, base.emo_matrix
     source = "workdirs:" + ", ".join(f"{s}={found[s].resolve()}@{steps[s]}" for s in STAGES)
-    return ModelAssets(config=config, params=params, w2v_stats=None, spk_matrix=None, emo_matrix=None, bpe_model=bpe,
+    if base is not None:
+        source += f"; base {base.source}"
+    return ModelAssets(config=config, params=params, w2v_stats=w2v_stats, spk_matrix=spk, emo_matrix=emo, bpe_model=bpe,
                        source=source, extra={"steps": steps, "workdirs": {s: str(found[s]) for s in STAGES},
                                              "s2mel_gpt_latent": not s2mel_without_latent})
 
 
-def export_workdirs(paths, out_dir: str | os.PathLike, *, bpe_model=None, campplus=None, **bundle_kw) -> Path:
+def export_workdirs(paths, out_dir: str | os.PathLike, *, bpe_model=None, campplus=None, base=None,
+                    **bundle_kw) -> Path:
     """:func:`assets_from_workdirs` then :func:`export_bundle` (``bundle_kw``: dtype, serialize_functions, ...)."""
-    return export_bundle(assets_from_workdirs(paths, bpe_model=bpe_model, campplus=campplus), out_dir, **bundle_kw)
+    return export_bundle(assets_from_workdirs(paths, bpe_model=bpe_model, campplus=campplus, base=base), out_dir,
+                         **bundle_kw)
 
 
 __all__ = ["BundleError", "DEFAULT_BUCKETS", "STAGES", "WorkdirExportError", "assets_from_workdirs", "bundle_function",

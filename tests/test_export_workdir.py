@@ -259,3 +259,42 @@ def test_missing_untrained_and_disagreeing_stages_are_listed(recipe_root, tmp_pa
         assets_from_workdirs([tmp_path / "nothing"])
     assert export_cli.main(["--out", str(tmp_path / "b")]) == 2
     assert "give either --checkpoint" in capsys.readouterr().err
+
+
+def test_w2v_bert_stages_take_w2v_bert_campplus_and_matrices_from_a_base_model(tmp_path):
+    """Stages trained on real (1024-d w2v-BERT) features: the untrained parts come from ``base``."""
+    from indextts2_jax.infer.assets import ModelAssets
+    from indextts2_jax.infer.pipeline import IndexTTS2
+    from indextts2_jax.infer.random_assets import tiny_config
+    from indextts2_jax.models import campplus
+
+    config = tiny_config(minimal=True)  # 1024-d semantic features: w2v-BERT, codec, length regulator
+    camp = campplus.CAMPPlusConfig.from_official(config.aux.campplus.to_dict())
+    rng = np.random.default_rng(1)
+    rows = int(sum(config.model.emo_num))
+    base = ModelAssets(  # a converted official model's untrained-by-us parts (w2v-BERT: a stand-in tree)
+        config=config, params={"w2v_bert": {"feature_projection": {"bias": np.zeros(4, np.float32)}},
+                               "campplus": _fill(campplus.abstract_variables(camp), rng)},
+        w2v_stats={"mean": np.zeros(1024, np.float32), "var": np.ones(1024, np.float32)},
+        spk_matrix=rng.normal(size=(rows, camp.embedding_size)).astype(np.float32),
+        emo_matrix=rng.normal(size=(rows, int(config.model.gpt.model_dim))).astype(np.float32),
+        bpe_model=tiny_bpe(), source="base")
+    bpe = tmp_path / "bpe.model"
+    bpe.write_bytes(base.bpe_model)
+    for stage in STAGES:
+        c = stage_config(stage, bpe)
+        c.demo.semantic_features = "w2v_bert"
+        c.model, c.aux = base.config.model, base.config.aux
+        c.gpt.condition_input_size = 1024
+        write_stage_workdir(tmp_path / stage, c, stage_params(stage, c, rng), step=2)
+    with pytest.raises(WorkdirExportError, match="trained on w2v-BERT features.*pass base="):
+        assets_from_workdirs([tmp_path])
+    assets = assets_from_workdirs([tmp_path], base=base)
+    assert assets.config.inference.semantic_features == "w2v_bert" and assets.missing_components() == []
+    assert assets.params["w2v_bert"] is base.params["w2v_bert"] and assets.w2v_stats is base.w2v_stats
+    assert assets.params["campplus"]["params"] is base.params["campplus"]["params"]
+    np.testing.assert_array_equal(assets.emo_matrix, base.emo_matrix)
+    tts = IndexTTS2(assets)
+    assert tts.semantic_features == "w2v_bert" and tts.code_rate == pytest.approx(22050 / 256 / 1.72)
+    assert tts.cfg.gpt.condition_input_size == 1024
+
