@@ -170,8 +170,19 @@ def training_defaults() -> ml_collections.ConfigDict:
     # batch features (usage is per batch: the trainer keeps no state beside params and optimizer)
     c.codec.dead_code_weight = 0.1
 
-    # S2M stage (indextts2_jax/train/tasks/s2mel.py).
+    # S2M stage (indextts2_jax/train/tasks/s2mel.py). Needs codec_checkpoint (frozen codec: codes -> vq2emb).
     c.s2mel = ml_collections.ConfigDict()
+    c.s2mel.gpt_checkpoint = ""  # frozen GPT (GPT-stage workdir or params msgpack) for the latent; "" = none
+    c.s2mel.gpt_latent_prob = 0.5  # paper: H_GPT added to the semantic embedding with probability 0.5
+    c.s2mel.prompt_fraction_min = 0.0  # prompt = floor(u * (mel_len - 1)) frames, u ~ U(min, max)
+    c.s2mel.prompt_fraction_max = 1.0  # (Seed-VC style; not stated in the paper)
+    c.s2mel.cond_drop_prob = 0.1  # CFG condition dropout (release: DiT class_dropout_prob, per batch)
+    c.s2mel.per_example_cond_drop = False  # True: one draw per utterance instead of per batch
+    c.s2mel.wavenet_dropout = True  # the WaveNet's p_dropout (model.s2mel.wavenet.p_dropout) in training
+    c.s2mel.style_frames = 300  # campplus_fbank window (100 Hz) for the demo CAMPPlus style
+    c.s2mel.semantic_frame_rate = 0.0  # Hz of the semantic features/codes; 0 = from the shards (w2v-BERT: 50)
+    c.s2mel.sample_steps = 4  # Euler steps of the eval mel sample (cheap)
+    c.s2mel.sample_cfg_rate = 0.7
 
     # Vocoder stage (indextts2_jax/train/tasks/vocoder.py): BigVGAN v2 GAN training. The generator is
     # ``config.aux.bigvgan`` (official keys); these are the official BigVGAN v2 (22 kHz, 80 band, 256x)

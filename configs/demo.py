@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.codec.kmeans_batches = 2
     if args.stage == "gpt":
         c.data.length_buckets = (128, 256, 384)  # within the demo GPT's max_mel_tokens (400)
+    if args.stage == "s2mel":
+        c.data.length_buckets = (64, 128, 256)  # stacked-mel frames: up to 512 mel frames (~6 s) per crop
+        c.s2mel.style_frames = 200  # 2 s of campplus_fbank for the demo CAMPPlus
     if args.stage == "vocoder":
         # 32-frame crops (8192 samples), narrow discriminators, a short mel-loss ladder: minutes on 2 CPU cores
         # (the generator is aux.bigvgan below).

@@ -28,13 +28,19 @@ FRAME_RATE = 22050 / 256 / 2  # stacked mel pairs: ~43 Hz
 def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num_speakers: int = 4,
                            vocab: int = 64, dim: int = 160, frames_per_token: int = 4, min_tokens: int = 4,
                            max_tokens: int = 12, valid_utterances: int = 8, seed: int = 0,
-                           codes: bool = False, audio: bool = False) -> Path:
+                           codes: bool = False, mel: bool = False, speaker_embedding_dim: int = 0,
+                           audio: bool = False) -> Path:
     """A train (+ valid) shard set of ``num_utterances`` synthetic records; returns ``out_dir``.
 
     Record i: speaker ``i % num_speakers``, ``text_ids`` of ``min_tokens..max_tokens`` ids in
     ``[2, vocab)``, ``mel_stacked`` = each token's fixed random vector (+ a speaker offset, + noise)
     repeated ``frames_per_token`` times. With ``codes``, also ``semantic_codes`` (the token ids,
-    repeated likewise), as shards preprocessed with a codec would hold.
+    repeated likewise), as shards preprocessed with a codec would hold. With ``mel`` (the s2mel
+    stage), also ``mel`` (2T, 80) = the ``mel_stacked`` pairs unstacked (exactly what the stand-in is
+    made of) and ``campplus_fbank`` (100 Hz frames over the duration, a per-speaker pattern + noise);
+    these draw from their own generator, so the other fields do not change. With
+    ``speaker_embedding_dim``, also ``speaker_embedding`` (a fixed random vector per speaker, as the
+    ``campplus`` feature of real shards; the s2mel pipeline then prefers it to the fbank).
 
     With ``audio`` (the vocoder stage), :func:`add_synthetic_audio` then adds ``wave`` and its ``mel``.
     """
@@ -46,6 +52,9 @@ def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num
     token_vectors = rng.normal(size=(vocab, dim)).astype(np.float32)
     speaker_vectors = 0.5 * rng.normal(size=(num_speakers, dim)).astype(np.float32)
     speakers = [f"spk{s}" for s in range(num_speakers)]
+    style_rng = np.random.default_rng([seed, 7])
+    speaker_fbank = style_rng.normal(size=(num_speakers, 80)).astype(np.float32)
+    speaker_embedding = np.random.default_rng([seed, 8]).normal(size=(num_speakers, max(speaker_embedding_dim, 1)))
     records = []
     for i in range(num_utterances + valid_utterances):
         s = i % num_speakers
@@ -60,6 +69,13 @@ def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num
                         "text_ids": ids})
         if codes:
             records[-1]["semantic_codes"] = np.repeat(ids, frames_per_token).astype(np.int32)
+        if mel:
+            n_fbank = max(2, int(feats.shape[0] / FRAME_RATE * 100))
+            fbank = speaker_fbank[s] + 0.3 * style_rng.normal(size=(n_fbank, 80))
+            records[-1]["mel"] = np.ascontiguousarray(feats.reshape(2 * feats.shape[0], dim // 2))
+            records[-1]["campplus_fbank"] = (fbank - fbank.mean(0)).astype(np.float32)
+        if speaker_embedding_dim:
+            records[-1]["speaker_embedding"] = speaker_embedding[s].astype(np.float32)
     splits = {"train": records[:num_utterances], "valid": records[num_utterances:]}
     for split, recs in splits.items():
         if not recs:
@@ -69,10 +85,13 @@ def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num
         with shard_io.ShardWriter(path) as w:
             for r in recs:
                 w.write(r)
+                lengths = {"mel_stacked": int(r["mel_stacked"].shape[0]), "text_ids": int(r["text_ids"].shape[0])}
+                for key in ("mel", "campplus_fbank"):
+                    if key in r:
+                        lengths[key] = int(r[key].shape[0])
                 index.append({"id": r["id"], "speaker": r["speaker"], "speaker_index": r["speaker_index"],
                               "duration": round(float(r["duration"]), 4), "text_chars": len(r["text"]),
-                              "lengths": {"mel_stacked": int(r["mel_stacked"].shape[0]),
-                                          "text_ids": int(r["text_ids"].shape[0])}})
+                              "lengths": lengths})
         shard_io.write_done(path, {"num_records": len(index), "examples": index, "skipped": []})
     meta = {"features": ["text_ids", "mel_stacked"], "speakers": speakers,
             "shards": {k: 1 for k, v in splits.items() if v},
@@ -80,6 +99,11 @@ def write_synthetic_shards(out_dir: str | Path, *, num_utterances: int = 40, num
             "outputs": {"mel_stacked": "(T, 160) float32", "text_ids": "(N,) int32"}, "synthetic": True}
     if codes:
         meta["outputs"]["semantic_codes"] = "(T,) int32"
+    if mel:
+        meta["features"] += ["mel", "campplus_fbank"]
+        meta["outputs"].update({"mel": "(2T, 80) float32", "campplus_fbank": "(F, 80) float32"})
+    if speaker_embedding_dim:
+        meta["outputs"]["speaker_embedding"] = f"({speaker_embedding_dim},) float32"
     (out / "dataset.json").write_text(json.dumps(meta, indent=1))
     if audio:
         add_synthetic_audio(out)

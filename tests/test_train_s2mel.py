@@ -1,0 +1,269 @@
+"""The s2mel stage on a tiny synthetic corpus: the loss falls, 8 sharded devices (2,2,2) equal one, a
+SIGKILLed run resumes exactly, the in-step codec path equals precomputed codes, the frozen-GPT latent
+path trains ``gpt_layer``, the demo CAMPPlus is reproducible, an eval mel sample is written.
+
+Runs happen in subprocesses with simulated CPU devices, in parallel, sharing a persistent compilation
+cache (the resumed run reuses the reference run's compiled step).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 30  # runs stop here; total_steps (the schedule) is TOTAL, so no run reaches the final eval
+TOTAL = 100
+# a smaller S2M than the demo's (compile time): DiT depth 2, one WaveNet layer, one regulator stage
+OVERRIDES = {"data.length_buckets": [32], "checkpoint.every_steps": 4, "s2mel.style_frames": 64,
+             "model.s2mel.DiT.depth": 2, "model.s2mel.wavenet.num_layers": 1,
+             "model.s2mel.length_regulator.sampling_ratios": [1], "s2mel.sample_steps": 2}
+
+_RUN = textwrap.dedent(
+    """
+    import json, sys, time
+    from indextts2_jax.train.recipe import tiny_config
+    from indextts2_jax.train.tasks.s2mel import S2melTask
+    from indextts2_jax.train.trainer import train
+    workdir, shards, codec, steps, mesh, slow, stop, overrides = sys.argv[1:9]
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(overrides).items()}
+    c = tiny_config("s2mel", shards, int(steps), **kw)
+    c.codec_checkpoint = codec
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in mesh.split(","))
+
+    class SlowTask(S2melTask):
+        def train_iterator(self, process_index, process_count):
+            p = self.pipeline("train", process_index, process_count)
+            return iter(p.dataset.map(lambda b: (time.sleep(float(slow)), b)[1]))
+
+    task = SlowTask(c) if float(slow) else S2melTask(c)
+    out = train(c, workdir, task, stop_after_steps=int(stop) or None)
+    print("DONE", out["step"])
+    """
+)
+
+
+def _rows(workdir, split="train"):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return {r["step"]: r for r in rows if r["split"] == split}
+
+
+def _losses(workdir, key="loss"):
+    return {s: r[key] for s, r in _rows(workdir).items()}
+
+
+def _config(shards, codec, steps=3, **extra):
+    from indextts2_jax.train.recipe import tiny_config
+
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in {**OVERRIDES, **extra}.items()}
+    c = tiny_config("s2mel", shards, steps, **kw)
+    c.codec_checkpoint = str(codec)
+    return c
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from indextts2_jax.models.semantic_codec import init_params
+    from indextts2_jax.train.recipe import tiny_config, write_synthetic_shards
+    from indextts2_jax.train.tasks.codec import codec_config_from, save_params
+
+    root = tmp_path_factory.mktemp("s2mel_data")
+    # codes precomputed (the in-step codec argmax could flip a near-tie under another reduction order,
+    # which the sharded comparison must not see); the in-step path is compared separately below
+    # The training runs and the codec comparison read precomputed (CAMPPlus-like) speaker embeddings, as
+    # real shards do; the demo CAMPPlus on campplus_fbank is exercised by the GPT-latent test ("fbank").
+    shards = write_synthetic_shards(root / "shards", num_utterances=40, codes=True, mel=True, speaker_embedding_dim=64)
+    plain = write_synthetic_shards(root / "plain", num_utterances=16, valid_utterances=2, mel=True,
+                                   speaker_embedding_dim=64)
+    fbank = write_synthetic_shards(root / "fbank", num_utterances=16, valid_utterances=2, mel=True)
+    codec = save_params(init_params(codec_config_from(tiny_config("s2mel", shards)), jax.random.key(0)),
+                        root / "codec.msgpack")
+    return {"root": root, "shards": shards, "plain": plain, "fbank": fbank, "codec": codec, "cache": root / "jax_cache"}
+
+
+def _spawn(data, workdir, steps=TOTAL, mesh="-1,1,1", devices=1, slow=0.0, stop=STEPS):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_COMPILATION_CACHE_DIR=str(data["cache"]), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    args = [str(workdir), str(data["shards"]), str(data["codec"]), str(steps), mesh, str(slow), str(stop),
+            json.dumps(OVERRIDES)]
+    return subprocess.Popen([sys.executable, "-c", _RUN, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(pred, proc, timeout=400):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not pred():
+        time.sleep(0.05)
+
+
+def _orchestrate(data, result):
+    """The uninterrupted one-device reference and the first steps on 8 devices (2,2,2) in parallel; once
+    the reference has compiled (so the same one-device program comes from the compilation cache), a
+    slowed run that is SIGKILLed after its step-4 checkpoint, then restarted in the same workdir."""
+    try:
+        root = data["root"]
+        one = _spawn(data, root / "ref")
+        eight = _spawn(data, root / "sharded", mesh="2,2,2", devices=8, stop=6)
+        _wait(lambda: (root / "ref" / "metrics.jsonl").exists(), one)
+        victim = _spawn(data, root / "killed", slow=0.4)
+        ckpt = root / "killed" / "checkpoints"
+        _wait(lambda: ckpt.is_dir() and any(p.name.isdigit() and int(p.name) >= 4 for p in ckpt.iterdir()), victim)
+        victim.send_signal(signal.SIGKILL)
+        ov, _ = victim.communicate(timeout=60)
+        result["victim"] = (victim.returncode, ov)
+        result["killed_at"] = max(_losses(root / "killed"))
+        again = _spawn(data, root / "killed", stop=result["killed_at"] + 6)
+        for name, proc in (("ref", one), ("sharded", eight), ("again", again)):
+            out, _ = proc.communicate(timeout=600)
+            result[name] = (proc.returncode, out)
+    except Exception as e:  # reported by the runs fixture
+        result["error"] = repr(e)
+
+
+@pytest.fixture(scope="module")
+def started(data):
+    """Starts the training runs in the background (the in-process tests below run meanwhile)."""
+    import threading
+
+    result = {}
+    thread = threading.Thread(target=_orchestrate, args=(data, result), daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.fixture(scope="module")
+def runs(data, started):
+    thread, result = started
+    thread.join(timeout=900)
+    assert "error" not in result, result.get("error")
+    code, out = result["victim"]
+    assert code == -signal.SIGKILL, out[-3000:]
+    for name in ("ref", "sharded", "again"):
+        code, out = result[name]
+        assert code == 0, (name, out[-3000:])
+    root = data["root"]
+    return {"ref": root / "ref", "sharded": root / "sharded", "killed": root / "killed",
+            "killed_at": result["killed_at"], "resume_log": result["again"][1]}
+
+
+def test_in_step_codec_equals_precomputed_codes(data, started):
+    """Shards without codes: the frozen codec quantizes the features in the step; the content (mu) and the
+    loss equal those of the same batch with the codes given as ``semantic_codes``."""
+    import flax.linen as nn
+
+    from indextts2_jax.models.semantic_codec import codec_quantize
+    from indextts2_jax.train.tasks.codec import codec_config_from, load_params
+    from indextts2_jax.train.tasks.s2mel import S2melTask
+
+    c = _config(data["plain"], data["codec"])
+    task = S2melTask(c)
+    assert task.style_source == "speaker_embedding"
+    batch = {k: jnp.asarray(v) for k, v in task.first_batches(1)[0].items()}
+    assert "semantic_codes" not in batch
+    params = nn.unbox(task.init_params(jax.random.key(1), batch))
+    mask = jnp.arange(batch["semantic_features"].shape[1])[None] < batch["semantic_lengths"][:, None]
+    codes, _ = codec_quantize(load_params(data["codec"]), batch["semantic_features"], codec_config_from(c), mask)
+    mu = jax.jit(lambda p, b: task.prepare(p, b, jax.random.key(2), False)[1])
+    a, b = mu(params, batch), mu(params, dict(batch, semantic_codes=codes))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(a).max()) > 0
+
+
+def test_gpt_latent_trains_gpt_layer_and_eval_sample(data, started, tmp_path):
+    """A frozen (random) GPT gives the latent (the pipeline then brings text and the GPT prompt): with
+    gpt_latent_prob=1 every row uses it and gpt_layer gets a gradient. The style comes from the demo
+    CAMPPlus on campplus_fbank windows. Then the eval mel sample and its image."""
+    import flax.linen as nn
+
+    from indextts2_jax.models.gpt import init_params as gpt_init
+    from indextts2_jax.train.tasks.codec import save_params
+    from indextts2_jax.train.tasks.gpt import model_config_from
+    from indextts2_jax.train.tasks.s2mel import S2melTask, mel_image
+
+    c0 = _config(data["fbank"], data["codec"])
+    gpt = save_params(gpt_init(model_config_from(c0), jax.random.key(3)), tmp_path / "gpt.msgpack")
+    c = _config(data["fbank"], data["codec"], **{"s2mel.gpt_checkpoint": str(gpt), "s2mel.gpt_latent_prob": 1.0})
+    task = S2melTask(c)
+    assert task.style_source == "campplus_fbank" and task.pipeline_stage == "s2mel_gpt"
+    batch = {k: jnp.asarray(v) for k, v in task.first_batches(1)[0].items()}
+    assert {"text_ids", "prompt_features", "style_features"} <= set(batch)
+    params = nn.unbox(task.init_params(jax.random.key(1), batch))
+    grads, metrics = jax.jit(jax.grad(lambda p: task.loss_fn(p, batch, jax.random.key(4), True), has_aux=True))(
+        params)
+    norm = lambda t: float(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(t)))  # noqa: E731
+    assert norm(grads["gpt_layer"]) > 0 and np.isfinite(norm(grads["estimator"])) and norm(grads["estimator"]) > 0
+    assert float(metrics["gpt_latent_used"]) == 1.0 and np.isfinite(float(metrics["cfm_loss"]))
+
+    gt, pred, prompt = task.sample_mel(params, step=1)
+    assert gt.shape == pred.shape and gt.shape[1] == 80 and 0 < prompt < gt.shape[0]
+    np.testing.assert_array_equal(pred[:prompt], gt[:prompt])
+    assert np.isfinite(pred).all() and not np.allclose(pred[prompt:], gt[prompt:])
+    img = mel_image(gt, pred)
+    assert img.shape == (1, 2 * 80 + 2, gt.shape[0]) and img.min() >= 0 and img.max() <= 1
+
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_image(self, *a, **k):
+            self.calls.append(("image", a, k))
+
+        def add_scalar(self, *a, **k):
+            self.calls.append(("scalar", a, k))
+
+    w = Writer()
+    task.write_samples(params, w, 5)
+    assert [x[0] for x in w.calls] == ["image", "scalar"] and w.calls[0][2] == {"dataformats": "CHW"}
+
+
+def test_demo_campplus_is_reproducible_and_seed_independent(data):
+    from indextts2_jax.train.tasks.s2mel import demo_campplus_params
+
+    c = _config(data["plain"], data["codec"])
+    a = demo_campplus_params(c)
+    c.seed = 123
+    b = demo_campplus_params(c)
+    assert set(a) == {"params", "batch_stats"}
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_loss_falls_and_metrics(runs):
+    rows = _rows(runs["ref"])
+    losses = {s: r["loss"] for s, r in rows.items()}
+    first = np.mean([losses[s] for s in (1, 2, 3)])
+    last = np.mean([losses[s] for s in range(STEPS - 4, STEPS + 1)])
+    assert last < 0.9 * first, (first, last)  # measured 1.44 -> 1.20 (CFM L1 keeps a high noise floor)
+    for r in rows.values():
+        assert r["cfm_loss"] == r["loss"]
+        assert r["cond_dropped"] in (0.0, 1.0)  # one CFG draw per batch (release)
+        assert r["gpt_latent_used"] == 0.0  # no GPT checkpoint
+        assert 0.0 <= r["prompt_fraction"] < 1.0 and r["mel_frames"] > 0
+
+
+def test_sharded_equals_single_device(runs):
+    a, b = _losses(runs["ref"]), _losses(runs["sharded"])
+    assert max(b) == 6
+    for step in range(1, 7):
+        assert abs(a[step] - b[step]) <= 2e-5 * max(1.0, abs(a[step])), (step, a[step], b[step])
+
+
+def test_sigkill_and_restart_continues_exactly(runs):
+    killed_at = runs["killed_at"]
+    assert killed_at < 12, "the victim ran too far before it was killed"
+    saved = killed_at - killed_at % 4  # the last checkpoint before the kill
+    out = runs["resume_log"]
+    assert f"[s2mel] step {saved + 1}/{TOTAL} " in out and f"[s2mel] step 1/{TOTAL} " not in out, out[-3000:]
+    a, b = _losses(runs["ref"]), _losses(runs["killed"])
+    resumed = sorted(s for s in b if s > saved)
+    assert len(resumed) >= 6
+    for step in resumed:
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
