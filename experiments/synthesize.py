@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--repetition_penalty", type=float, default=10.0)
     p.add_argument("--length_penalty", type=float, default=0.0)
-    p.add_argument("--max_mel_tokens", type=int, default=1500, help="most codes per segment")
+    p.add_argument("--max_mel_tokens", type=int, default=None,
+                   help="most codes per segment (default 1500, or fewer when the model's GPT holds fewer positions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_text_tokens_per_segment", type=int, default=120)
     p.add_argument("--interval_silence_ms", type=float, default=200)

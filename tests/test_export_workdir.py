@@ -223,9 +223,13 @@ def test_stacked_mel_front_end_is_the_preprocess_feature(tts, prompt):
     np.testing.assert_allclose(got[:, 80:], mel[1: 2 * got.shape[0]: 2], rtol=0, atol=1e-5)
 
 
-def test_emotion_vector_needs_matrices(tts, prompt):
+def test_emotion_vector_needs_matrices_and_code_budget_fits_the_gpt(tts, prompt):
     with pytest.raises(ConfigError, match="emotion matrices"):
         tts.synthesize(TEXT, prompt, emotion_vector=[0.5, 0, 0, 0, 0, 0, 0, 0], **SAMPLING)
+    # the default 1500 codes per segment would overrun this GPT's 80-code position table: capped
+    assert tts._decode_config({}).max_new_tokens == 80 + 1 == tts.cfg.gpt.mel_positions - 2
+    with pytest.raises(ConfigError, match="mel positions"):
+        tts.synthesize(TEXT, prompt, **dict(SAMPLING, max_mel_tokens=1500))
 
 
 def test_missing_untrained_and_disagreeing_stages_are_listed(recipe_root, tmp_path, capsys):

@@ -526,7 +526,8 @@ class IndexTTS2:
         """Synthesize ``text`` in the voice of ``speaker_prompt``.
 
         Sampling options (infer_v2 defaults): do_sample=True, num_beams=3, top_k=30, top_p=0.8,
-        temperature=0.8, repetition_penalty=10.0, length_penalty=0.0, max_mel_tokens=1500 (per segment).
+        temperature=0.8, repetition_penalty=10.0, length_penalty=0.0, max_mel_tokens=1500 (per segment; at most
+        what the GPT's mel position table holds: 401 for the demo GPT).
         ``target_tokens`` (exact code count for the whole text) or ``duration_seconds`` (converted at
         :attr:`code_rate`, silences subtracted) split over the segments by their token counts.
         ``batch_size`` > 1 runs that many segments of the text together.
@@ -545,7 +546,10 @@ class IndexTTS2:
         unknown = set(sampling) - set(SAMPLING_DEFAULTS)
         if unknown:
             raise ConfigError(f"unknown sampling options {sorted(unknown)}; known: {sorted(SAMPLING_DEFAULTS)}")
-        o = {**SAMPLING_DEFAULTS, **{k: v for k, v in sampling.items() if v is not None}}
+        # default code budget: infer_v2's 1500, within the model's mel position table (a small trained GPT has fewer)
+        defaults = dict(SAMPLING_DEFAULTS, max_mel_tokens=min(SAMPLING_DEFAULTS["max_mel_tokens"],
+                                                              self.cfg.gpt.mel_positions - 2))
+        o = {**defaults, **{k: v for k, v in sampling.items() if v is not None}}
         return DecodeConfig(max_new_tokens=int(o["max_mel_tokens"]), do_sample=bool(o["do_sample"]),
                             num_beams=int(o["num_beams"]), temperature=float(o["temperature"]), top_k=int(o["top_k"]),
                             top_p=float(o["top_p"]), repetition_penalty=float(o["repetition_penalty"]),
