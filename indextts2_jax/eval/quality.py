@@ -20,6 +20,7 @@ All functions take 16 kHz float32 mono waveforms ``(T,)``.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -124,8 +125,24 @@ def stoi(reference: np.ndarray, output: np.ndarray, sample_rate: int = SAMPLE_RA
 
 @functools.lru_cache(maxsize=1)
 def _dnsmos_module():
+    """speechmos' dnsmos module with its model object made here: the wheel's ONNX files, but sessions whose
+    idle threads sleep (onnxruntime's default spin-waiting starved torch and pocketsphinx on a 2-core machine)."""
+    import os
+
+    import onnxruntime as ort
     from speechmos import dnsmos as module
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    models = Path(module.__file__).parent / "dnsmos_models"
+    model = module.DNSMOS.__new__(module.DNSMOS)
+    model.primary_model_path = str(models / "sig_bak_ovr.onnx")  # the path speechmos.dnsmos.run checks
+    model.onnx_sess = ort.InferenceSession(model.primary_model_path, options, providers=["CPUExecutionProvider"])
+    model.p808_onnx_sess = ort.InferenceSession(str(models / "model_v8.onnx"), options,
+                                                providers=["CPUExecutionProvider"])
+    module.dnsmos = model
     return module
 
 

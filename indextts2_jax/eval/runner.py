@@ -160,7 +160,7 @@ class _Scorer:
                     "recognizer": "pocketsphinx en-us (wheel acoustic model), trigram LM of the evaluated texts",
                     "vocabulary": len(rec.vocabulary), "oov_words": rec.oov_words,
                 }
-        if "speaker" in metrics:
+        if "speaker" in metrics and any(it.prompt for it in items):
             from indextts2_jax.eval.speaker import CampplusEmbedder, ResemblyzerEmbedder
 
             self.embedders.append(ResemblyzerEmbedder())
