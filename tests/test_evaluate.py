@@ -271,3 +271,21 @@ def test_chinese_cer_with_a_configured_recognizer(tmp_path, corpus):
     assert report["corpus"]["corpus_cer"] == pytest.approx((1 + 5) / (6 + 2))  # 你好: 1 sub + 4 ins (好 matches)
     plain = evaluate(items[:1], metrics={"asr"})
     assert "no recognizer" in plain["rows"][0]["asr_note"] and "cer" not in plain["summary"]
+
+
+def make_fake_zh_recognizer(texts):
+    """A --recognizer factory for the CLI test: always hears the same sentence."""
+    assert texts == ["今天天气很好。"]
+    return lambda wave: "今天天汽很好"
+
+
+def test_cli_recognizer_option(tmp_path, corpus):
+    from experiments.evaluate import run
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "zh", "wav": corpus[0]["path"], "text": "今天天气很好。"}) + "\n")
+    assert run(["--jobs", str(jobs), "--out", str(tmp_path / "out"), "--metrics", "asr", "--no_plots", "--quiet",
+                "--recognizer", "zh=tests.test_evaluate:make_fake_zh_recognizer"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["rows"][0]["language"] == "zh" and report["rows"][0]["cer"] == pytest.approx(1 / 6)
+    assert "| CER ↓ | % | 1 |" in (tmp_path / "out" / "report.md").read_text()

@@ -16,7 +16,7 @@ import numpy as np
 
 from indextts2_jax.errors import ConfigError, InputError
 
-__all__ = ["ALL_METRICS", "EvalItem", "evaluate", "evaluate_run", "load_jobs", "items_from_dir"]
+__all__ = ["ALL_METRICS", "EvalItem", "evaluate", "evaluate_run", "item_language", "items_from_dir", "load_jobs"]
 
 SAMPLE_RATE = 16000
 # Metric groups that evaluate() can compute.
@@ -123,7 +123,8 @@ def items_from_dir(folder: str | os.PathLike, prompt: str | None = None) -> list
     return items
 
 
-def _language(item: EvalItem) -> str:
+def item_language(item: EvalItem) -> str:
+    """The item's language, or the one :func:`~indextts2_jax.text.normalize.detect_language` finds in its text."""
     if item.language:
         return item.language
     from indextts2_jax.text.normalize import detect_language
@@ -150,7 +151,7 @@ class _Scorer:
         self.prompt_cache: dict[tuple[str, str], np.ndarray | Exception] = {}
         t0 = time.perf_counter()
         if "asr" in metrics:
-            en_texts = [it.text for it in items if _language(it) == "en"]
+            en_texts = [it.text for it in items if item_language(it) == "en"]
             if en_texts and "en" not in self.recognizers:
                 from indextts2_jax.eval.asr import PocketsphinxRecognizer
 
@@ -191,7 +192,7 @@ class _Scorer:
     def score(self, item: EvalItem) -> dict[str, Any]:
         from indextts2_jax.audio import audio_info
 
-        lang = _language(item)
+        lang = item_language(item)
         row: dict[str, Any] = {"id": item.id, "status": "ok", "wav": item.wav, "text": item.text, "language": lang,
                                "prompt": item.prompt, "reference": item.reference}
         errors: list[str] = []
