@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 24
-STOP = 10  # the interrupted run stops here (a checkpoint is also written every 5 steps)
-SHARDED_STEPS = 4
+STEPS = 12
+STOP = 6  # the interrupted run stops (and saves) here
+SHARDED_STEPS = 3
 LR = 2e-3
 
 OVERRIDES = {
@@ -48,6 +48,7 @@ OVERRIDES = {
     "aux.bigvgan.resblock_dilation_sizes": [[1]],
     "data.min_audio_seconds": 0.0,
     "log.eval_every_steps": STEPS,
+    "checkpoint.every_steps": 1000,  # saves at the stop and at the end only
 }
 
 
@@ -131,30 +132,25 @@ def _random_params(task, batch, seed=0):
 
 
 def test_single_loss_splits_the_gradients(started, shards):
-    """L_D gives the generator no gradient and L_G the discriminators none, so grad(total = L_D + L_G) is
-    grad L_G w.r.t. the generator and grad L_D w.r.t. the discriminators."""
+    """L_D gives the generator no gradient and L_G the discriminators none (no path at all: JAX's symbolic
+    zeros), so grad(total = L_D + L_G) is grad L_G w.r.t. the generator and grad L_D w.r.t. the
+    discriminators (total = d_loss + g_loss in loss_fn). That both parts do get gradients shows in the
+    training runs (test_both_parts_train)."""
     from indextts2_jax.train.tasks.vocoder import VocoderTask
 
     task = VocoderTask(vocoder_config(shards))
     batch = {k: jnp.asarray(v[:2]) for k, v in task.first_batches(1)[0].items()}  # two rows keep it fast
     params = _random_params(task, batch)
 
-    def parts(p):
-        total, m = task.loss_fn(p, batch, jax.random.key(1))
-        return jnp.stack([m["d_loss"], m["g_loss"], total - m["d_loss"] - m["g_loss"]])
+    def cross_grads(p):
+        def part(name):
+            return lambda q: task.loss_fn(q, batch, jax.random.key(1))[1][name]
 
-    fast = {"xla_backend_optimization_level": 0}
-    jac = jax.jit(jax.jacrev(parts)).lower(params).compile(fast)(params)  # leaves (3, *shape): d/dp of each part
-    d_grad, g_grad = (jax.tree.map(lambda x, i=i: x[i], jac) for i in (0, 1))
-    values = jax.jit(parts).lower(params).compile(fast)(params)
-    assert float(values[2]) == 0.0 and np.all(np.isfinite(np.asarray(values)))  # total is exactly L_D + L_G
+        return jax.grad(part("d_loss"))(p)["generator"], jax.grad(part("g_loss"))(p)["discriminator"]
 
-    def max_abs(tree):
-        return max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(tree))
-
-    assert max_abs(d_grad["generator"]) == 0.0
-    assert max_abs(g_grad["discriminator"]) == 0.0
-    assert max_abs(d_grad["discriminator"]) > 0 and max_abs(g_grad["generator"]) > 0
+    cross = jax.jit(cross_grads).lower(params).compile({"xla_backend_optimization_level": 0})(params)
+    assert jax.tree.structure(cross[0]) == jax.tree.structure(params["generator"])
+    assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(cross))
 
 
 def test_optimizer_groups_and_hook(shards):
@@ -172,7 +168,7 @@ def test_optimizer_groups_and_hook(shards):
               "discriminator": {"mpd_2": {"k": jnp.ones(4)}, "cqtd_0": {"k": jnp.ones(5)}}}
     grads = {"generator": {"a": jnp.full(3, 100.0)},
              "discriminator": {"mpd_2": {"k": jnp.full(4, 0.1)}, "cqtd_0": {"k": jnp.full(5, 100.0)}}}
-    _, state = tx.update(grads, tx.init(params), params)
+    _, state = jax.jit(tx.update)(grads, tx.init(params), params)
     # Adam's first moment after one step is (1 - b1) * clipped gradient (b1 = 0.8)
     mu = {group: state.inner_states[group].inner_state[1][0].mu for group in ("generator", "mpd", "spectral")}
     np.testing.assert_allclose(np.linalg.norm(mu["generator"]["generator"]["a"]), 0.2, rtol=1e-5)  # clipped to 1
@@ -221,7 +217,7 @@ def test_mel_loss_falls(runs):
     assert max(rows) == STEPS
     first = np.mean([rows[s]["mel_l1"] for s in (1, 2, 3)])
     last = np.mean([rows[s]["mel_l1"] for s in range(STEPS - 2, STEPS + 1)])
-    assert last < 0.7 * first, (first, last)
+    assert last < 0.5 * first, (first, last)  # measured: 4.49 -> 1.37
     for key in ("d_loss", "g_adv", "feature_matching", "mel_l1", "total", "d_real", "d_fake", "g_loss"):
         assert all(np.isfinite(r[key]) for r in rows.values()), key
     # the trainer used the task's optimizer: the vocoder's lr (no warm-up), not config.optimizer's
@@ -234,7 +230,8 @@ def test_sharded_equals_single_device(runs):
     assert max(b) == SHARDED_STEPS
     for step in range(1, SHARDED_STEPS + 1):
         for key in ("total", "d_loss", "mel_l1", "feature_matching"):
-            assert abs(a[step][key] - b[step][key]) <= 1e-4 * max(1.0, abs(a[step][key])), (step, key, a[step][key],
+            # measured: <= 1e-7 relative
+            assert abs(a[step][key] - b[step][key]) <= 1e-5 * max(1.0, abs(a[step][key])), (step, key, a[step][key],
                                                                                            b[step][key])
 
 
@@ -244,6 +241,20 @@ def test_stopped_run_resumes_exactly(runs):
     for step in range(STOP + 1, STEPS + 1):
         for key in ("total", "d_loss", "mel_l1"):
             assert abs(a[step][key] - b[step][key]) <= 1e-6, (step, key, a[step][key], b[step][key])
+
+
+def test_both_parts_train(runs):
+    """Generator and discriminators both move between the checkpoints at STOP and STEPS."""
+    import orbax.checkpoint as ocp
+
+    mngr = ocp.CheckpointManager(str(runs["resumed"] / "checkpoints"), item_names=("state", "data"))
+    a, b = (mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
+            for s in (STOP, STEPS))
+    mngr.close()
+    for part in ("generator", "discriminator"):
+        moved = [float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in
+                 zip(jax.tree.leaves(a[part]), jax.tree.leaves(b[part]))]
+        assert max(moved) > 1e-4, part
 
 
 def test_eval_and_samples_written(runs):
