@@ -236,6 +236,31 @@ def test_demo_campplus_is_reproducible_and_seed_independent(data):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def test_init_from_converted_checkpoint(data, tmp_path):
+    """A converted-format folder (converted.json + params/s2mel.msgpack) becomes an Orbax checkpoint that
+    select_init_params reads back unchanged, in the layout the trainer checks against the model."""
+    import orbax.checkpoint as ocp
+
+    from indextts2_jax.convert.state_dict import check_params_match
+    from indextts2_jax.models.s2mel import abstract_params
+    from indextts2_jax.train.tasks.codec import save_params
+    from indextts2_jax.train.tasks.s2mel import S2melTask, prepare_init_from
+
+    task = S2melTask(_config(data["shards"], data["codec"]))
+    params = _random_tree(abstract_params(task.model_config), 5)
+    converted = tmp_path / "converted"
+    save_params(params, converted / "params" / "s2mel.msgpack")
+    (converted / "converted.json").write_text(json.dumps({"format": "indextts2-jax-converted", "version": 1,
+                                                          "components": {"s2mel": {"file": "params/s2mel.msgpack"}}}))
+    path = prepare_init_from(converted, tmp_path / "work")
+    assert path.endswith("init_from_s2mel")
+    assert prepare_init_from(tmp_path / "other", tmp_path) == str(tmp_path / "other")  # not converted: as is
+    restored = task.select_init_params(ocp.StandardCheckpointer().restore(path))
+    check_params_match(restored, abstract_params(task.model_config), "init_from")
+    jax.tree.map(np.testing.assert_array_equal, restored, params)
+    assert task.select_init_params({"params": params}).keys() == params.keys()
+
+
 def test_loss_falls_and_metrics(runs):
     rows = _rows(runs["ref"])
     losses = {s: r["loss"] for s, r in rows.items()}
