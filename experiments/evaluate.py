@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASR for a language, e.g. zh=my_asr:make (repeatable): FACTORY(texts) must return a\n"
                         "callable(16 kHz float32 wave) -> transcript; zh is scored by CER. English defaults to\n"
                         "pocketsphinx; a language without a recognizer gets no WER/CER")
+    p.add_argument("--lm_texts", help="text file, one sentence a line, added to the English ASR's language model\n"
+                                      "(default: only the evaluated texts)")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--worst", type=int, default=3, help="mel images of the N worst utterances per metric")
     p.add_argument("--quiet", action="store_true", help="no per-utterance progress lines")
@@ -61,8 +63,12 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     items = load_jobs(args.jobs) if args.jobs else items_from_dir(args.dir, args.prompt)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    lm_texts = []
+    if args.lm_texts:
+        with open(args.lm_texts, encoding="utf-8") as f:
+            lm_texts = [line.strip() for line in f if line.strip()]
     report = evaluate(items, out_dir=args.out, metrics=metrics, campplus=args.campplus,
-                      recognizers=load_recognizers(args.recognizer, items), plots=not args.no_plots,
+                      recognizers=load_recognizers(args.recognizer, items), lm_texts=lm_texts, plots=not args.no_plots,
                       worst_count=args.worst, progress=not args.quiet)
     from indextts2_jax.eval.report import markdown_table
 

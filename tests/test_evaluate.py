@@ -69,10 +69,11 @@ def test_normalization_and_error_counts():
     assert (cer.substitutions, cer.reference_length) == (1, 6)
 
 
-def test_arpa_model_is_normalized(tmp_path):
+@pytest.mark.parametrize("discount", [0.1, 0.5, "ney"])
+def test_arpa_model_is_normalized(tmp_path, discount):
     sentences = [s.split() for s in ("the cat sat on the mat", "the dog sat on the log", "a cat and a dog",
-                                     "the cat ran")]
-    probs, backoffs = build_backoff_model(sentences, order=3)
+                                     "the cat ran", "the cat sat")]
+    probs, backoffs = build_backoff_model(sentences, order=3, discount=discount)
     vocab = [g[0] for g in probs[0]]
     assert SENTENCE_END in vocab and SENTENCE_START not in vocab
 
@@ -87,7 +88,7 @@ def test_arpa_model_is_normalized(tmp_path):
     for c in contexts:
         assert sum(p(c, w) for w in vocab) == pytest.approx(1.0, abs=1e-9), c
     assert p(("the",), "cat") > p(("the",), "and")  # seen bigram beats an unseen one
-    text = write_arpa(sentences, tmp_path / "lm.arpa").read_text()
+    text = write_arpa(sentences, tmp_path / "lm.arpa", discount=discount).read_text()
     assert text.startswith("\\data\\\nngram 1=") and text.rstrip().endswith("\\end\\")
     assert "\\3-grams:" in text and f"-99.000000\t{SENTENCE_START}\t" in text
 
@@ -97,13 +98,15 @@ def test_arpa_model_is_normalized(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_wer_real_audio_far_below_reversed_and_noise(corpus, tmp_path):
     rng = np.random.default_rng(0)
-    items = {"real": [], "reversed": [], "noise": []}
-    for r in corpus[:6]:
+    items = {"real": [], "reversed": [], "noise": [], "other_sentence": []}
+    for i, r in enumerate(corpus[:6]):
         wave, sr = sf.read(r["path"], dtype="float32")
         items["real"].append(EvalItem(r["id"], r["path"], r["text"]))
         items["reversed"].append(EvalItem(r["id"], _write(tmp_path / f"rev_{r['id']}.wav", wave[::-1], sr), r["text"]))
         noise = rng.standard_normal(len(wave)).astype(np.float32) * np.sqrt(np.mean(wave**2))
         items["noise"].append(EvalItem(r["id"], _write(tmp_path / f"noise_{r['id']}.wav", noise, sr), r["text"]))
+        # real speech of another sentence: the LM of the evaluated texts must not turn it into the reference
+        items["other_sentence"].append(EvalItem(r["id"], corpus[(i + 1) % 6]["path"], r["text"]))
     wer = {}
     for kind, its in items.items():
         report = evaluate(its, metrics={"asr"})
@@ -111,9 +114,9 @@ def test_wer_real_audio_far_below_reversed_and_noise(corpus, tmp_path):
         wer[kind] = report["corpus"]["corpus_wer"]
         assert report["summary"]["wer"]["n"] == len(its)
     print("corpus WER", wer)
-    assert wer["real"] < 0.35, wer  # pocketsphinx on espeak-ng formant voices: 0.19 measured here
-    assert wer["reversed"] > wer["real"] + 0.4, wer
-    assert wer["noise"] > wer["real"] + 0.5, wer
+    assert wer["real"] < 0.3, wer  # pocketsphinx on espeak-ng formant voices: ~0.1-0.2 measured
+    for kind in ("reversed", "noise", "other_sentence"):  # ~1.0 and above measured
+        assert wer[kind] > wer["real"] + 0.5, wer
 
 
 def test_speaker_similarity_same_voice_above_different_voice(corpus):

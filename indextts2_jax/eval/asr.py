@@ -11,9 +11,9 @@ number: compare it only between systems evaluated on the same texts.
 pocketsphinx 5 reads ARPA files. Its wheel has one LM builder, ``pocketsphinx.lm.ArpaBoLM`` (the old
 ``quick_lm`` recipe: a fixed 0.5 discount at every order), but that model is not normalized: its unigrams keep only
 half of the probability mass with nothing to back off to, and it gives ``<s>`` a unigram probability. So
-:func:`write_arpa` writes its own backoff trigram: absolute discounting (Ney's D = n1 / (n1 + 2 n2) per order,
-capped to [0.1, 0.9]) over add-one smoothed unigrams, Katz-style backoff weights; every context's probabilities
-sum to one (checked in the tests).
+:func:`write_arpa` writes its own backoff trigram: absolute discounting (D = 0.1 by default, or Ney's estimate;
+see :func:`build_backoff_model` for the measurements behind the choice) over add-one smoothed unigrams, Katz-style
+backoff weights; every context's probabilities sum to one (checked in the tests).
 
 Pronunciations come from the CMU dictionary in the pocketsphinx wheel; words that it lacks (out of vocabulary,
 OOV) cannot be recognized: they stay in the reference, count as errors, and the OOV rate is reported per
@@ -54,6 +54,7 @@ __all__ = [
 
 ASR_SAMPLE_RATE = 16000
 SENTENCE_START, SENTENCE_END = "<s>", "</s>"
+DEFAULT_DISCOUNT = 0.1
 
 # A recognizer maps a 16 kHz float32 waveform to a transcript.
 Recognizer = Callable[[np.ndarray], str]
@@ -174,19 +175,29 @@ def ngram_counts(sentences: Iterable[Sequence[str]], order: int = 3) -> list[Cou
     return counts
 
 
-def _discount(counter: Counter) -> float:
+def ney_discount(counter: Counter) -> float:
+    """Ney's absolute discount estimate n1 / (n1 + 2 n2) (n_k: n-grams seen k times), clamped to [0.1, 0.9]."""
     n1 = sum(1 for c in counter.values() if c == 1)
     n2 = sum(1 for c in counter.values() if c == 2)
     d = n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
     return min(max(d, 0.1), 0.9)
 
 
-def build_backoff_model(sentences: Iterable[Sequence[str]], order: int = 3, vocabulary: Iterable[str] = ()):
+def build_backoff_model(sentences: Iterable[Sequence[str]], order: int = 3, vocabulary: Iterable[str] = (),
+                        discount: float | str = DEFAULT_DISCOUNT):
     """Backoff n-gram model: ``(probs, backoffs)``, lists per order of {gram: prob} and {context: weight}.
 
-    Unigrams: add-one over the vocabulary (the sentences' words, ``vocabulary`` and </s>; closed vocabulary). Higher
-    orders: absolute discounting of seen n-grams; the freed mass goes to the lower order over the words not
-    seen after the context (Katz-style backoff weight), so every context's distribution sums to one.
+    Unigrams: add-one over the vocabulary (the sentences' words, ``vocabulary`` and </s>; closed vocabulary).
+    Higher orders: absolute discounting of seen n-grams by ``discount`` (a number, or "ney" for Ney's estimate
+    per order); the freed mass goes to the lower order over the words not seen after the context (Katz-style
+    backoff weight), so every context's distribution sums to one.
+
+    Why a fixed 0.1 by default: on a small set of evaluated sentences nearly every trigram is a singleton, so
+    Ney's estimate hits its 0.9 cap and the LM mostly backs off to unigrams. Measured on 24 demo-corpus
+    recordings (12 espeak-ng voices), LM of their own texts: WER 34.1 % (Ney), 20.8 % (0.5), 18.6 % (0.3),
+    11.0 % (0.1), while the WER of time-reversed audio stayed at 97-107 % and of other sentences' speech at
+    119-122 %, so the stronger LM does not make up the reference from unrelated audio. With the whole demo
+    sentence list (2,100 sentences) in the LM: 17.0 % (Ney), 18.6 % (0.1).
     """
     counts = ngram_counts(sentences, order)
     vocab = sorted({g[0] for g in counts[0]} | set(vocabulary) | {SENTENCE_END})
@@ -202,7 +213,7 @@ def build_backoff_model(sentences: Iterable[Sequence[str]], order: int = 3, voca
         return backoffs[n - 2].get(gram[:-1], 1.0) * lower_prob(gram[1:])
 
     for n in range(2, order + 1):
-        d = _discount(counts[n - 1])
+        d = ney_discount(counts[n - 1]) if discount == "ney" else float(discount)
         by_context: dict[tuple, dict[str, int]] = defaultdict(dict)
         for gram, c in counts[n - 1].items():
             by_context[gram[:-1]][gram[-1]] = c
@@ -225,9 +236,9 @@ def build_backoff_model(sentences: Iterable[Sequence[str]], order: int = 3, voca
 
 
 def write_arpa(sentences: Iterable[Sequence[str]], path: str | os.PathLike, order: int = 3,
-               vocabulary: Iterable[str] = ()) -> Path:
+               vocabulary: Iterable[str] = (), discount: float | str = DEFAULT_DISCOUNT) -> Path:
     """Write a backoff n-gram model of the tokenized sentences as an ARPA file (see module docstring)."""
-    probs, backoffs = build_backoff_model(list(sentences), order, vocabulary)
+    probs, backoffs = build_backoff_model(list(sentences), order, vocabulary, discount)
     path = Path(path)
     lines = ["\\data\\"]
     sizes = [len(probs[0]) + 1] + [len(p) for p in probs[1:]]
@@ -285,12 +296,13 @@ class PocketsphinxRecognizer:
             espeak-ng and many vocoders produce): on 24 demo-corpus utterances by 12 espeak-ng voices the WER of
             the real recordings fell from 58.7 % to 34.1 % with a -30 dB floor (-40 and -24 dB did about as
             well, 35 %; pocketsphinx's own 1-LSB ``dither``: 51.1 %).
+        lm_discount: the LM's absolute discount (see :func:`build_backoff_model`).
     Call it with a 16 kHz float32 waveform; returns the transcript (lower case words).
     """
 
     def __init__(self, texts: Iterable[str], language: str = "en", *, hmm: str | os.PathLike | None = None,
                  dictionary: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
-                 noise_floor_db: float | None = -30.0):
+                 noise_floor_db: float | None = -30.0, lm_discount: float | str = DEFAULT_DISCOUNT):
         import pocketsphinx
 
         self.noise_floor_db = noise_floor_db
@@ -322,7 +334,8 @@ class PocketsphinxRecognizer:
                     run = []
             if run:
                 runs.append(run)
-        self.lm_path = write_arpa(runs, workdir / "texts.arpa", order=3, vocabulary=self.vocabulary)
+        self.lm_path = write_arpa(runs, workdir / "texts.arpa", order=3, vocabulary=self.vocabulary,
+                                  discount=lm_discount)
         self.dict_path = workdir / "texts.dict"
         with open(self.dict_path, "w", encoding="utf-8") as f:
             for w in self.vocabulary:

@@ -141,7 +141,8 @@ def _error_text(e: BaseException) -> str:
 class _Scorer:
     """Holds the loaded tools and caches (prompt embeddings, loaded prompts/references)."""
 
-    def __init__(self, items: Sequence[EvalItem], metrics: set[str], campplus, recognizers, timing: dict):
+    def __init__(self, items: Sequence[EvalItem], metrics: set[str], campplus, recognizers, timing: dict,
+                 lm_texts: Sequence[str] = ()):
         self.metrics = metrics
         self.timing = timing
         self.recognizers: dict[str, Callable[[np.ndarray], str]] = dict(recognizers or {})
@@ -155,11 +156,12 @@ class _Scorer:
             if en_texts and "en" not in self.recognizers:
                 from indextts2_jax.eval.asr import PocketsphinxRecognizer
 
-                rec = PocketsphinxRecognizer(en_texts, "en")
+                rec = PocketsphinxRecognizer([*en_texts, *lm_texts], "en")
                 self.recognizers["en"] = rec
                 self.asr_info["en"] = {
                     "recognizer": "pocketsphinx en-us (wheel acoustic model), trigram LM of the evaluated texts",
                     "vocabulary": len(rec.vocabulary), "oov_words": rec.oov_words,
+                    "lm_sentences": len(en_texts) + len(lm_texts),
                 }
         if "speaker" in metrics and any(it.prompt for it in items):
             from indextts2_jax.eval.speaker import CampplusEmbedder, ResemblyzerEmbedder
@@ -306,6 +308,7 @@ def _corpus_rates(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def evaluate(items: Iterable[EvalItem | Mapping[str, Any]], *, out_dir: str | os.PathLike | None = None,
              metrics: Iterable[str] = ALL_METRICS, campplus=None, recognizers: Mapping[str, Callable] | None = None,
+             lm_texts: Sequence[str] = (),
              plots: bool = True, worst_count: int = 3, progress: bool = False) -> dict[str, Any]:
     """Score synthesized utterances; returns the report dict (and writes it when ``out_dir`` is given).
 
@@ -318,6 +321,8 @@ def evaluate(items: Iterable[EvalItem | Mapping[str, Any]], *, out_dir: str | os
             similarity next to Resemblyzer's.
         recognizers: {language: callable(16 kHz wave) -> transcript}; English defaults to pocketsphinx with an
             LM of the evaluated texts; other languages are skipped (with a note in the row) unless given.
+        lm_texts: more English sentences for pocketsphinx's LM (e.g. the whole demo sentence list), so that a
+            small run's LM is not just its own few sentences (which makes the WER optimistic).
         plots: write histograms and worst-case mel images (needs ``out_dir``).
 
     Report: {"summary": {metric: {n, mean, std, ci95, ci95_low, ci95_high, min, max, median}}, "corpus":
@@ -334,7 +339,7 @@ def evaluate(items: Iterable[EvalItem | Mapping[str, Any]], *, out_dir: str | os
     items = load_jobs(items)
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
-    scorer = _Scorer(items, metrics, campplus, recognizers, timing)
+    scorer = _Scorer(items, metrics, campplus, recognizers, timing, list(lm_texts))
     rows = []
     for i, item in enumerate(items):
         try:
