@@ -477,6 +477,11 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
     cc = component_configs(config)
     if front == "mel":
         cc.check_front_end()
+    voc, mel = cc.bigvgan, cc.mel
+    if (voc.num_mels, voc.hop_length, voc.sampling_rate) != (mel.num_mels, mel.hop_size, mel.sampling_rate):
+        raise WorkdirExportError(f"the vocoder (aux.bigvgan: {voc.num_mels} mels, hop {voc.hop_length}, "
+                                 f"{voc.sampling_rate} Hz) does not fit the S2M mel ({mel.num_mels} mels, hop "
+                                 f"{mel.hop_size}, {mel.sampling_rate} Hz)")
     if cc.codec.codebook_size > cc.gpt.start_mel_token:
         raise WorkdirExportError(f"the codec's {cc.codec.codebook_size} codes overlap the GPT's start/stop mel tokens "
                                  f"({cc.gpt.start_mel_token}, {cc.gpt.stop_mel_token})")
