@@ -259,14 +259,12 @@ class Bench:
 
     # ----------------------------------------------------------------- stages
     def stage_matmul(self):
-        torch = self.torch
         a = self.randn(2048, 2048)
         b = self.randn(2048, 2048)
         med, times, _ = self.timed(lambda: a @ b, repeats=max(self.repeats, 5))
         best = min(times)
         self.add("matmul", "float32 2048^2 @ 2048^2", med, times, gflops=round(2 * 2048**3 / best / 1e9, 1),
                  baseline="407 GFLOP/s")
-        del torch
 
     def stage_w2v_bert(self):
         extractor, model, mean, std = self.build("w2v_bert")
@@ -410,7 +408,6 @@ class Bench:
     def _generate_full(self, stage: str, beam: bool, baseline: str):
         gpt = self.build("gpt")
         g = self._gpt_inputs()
-        torch = self.torch
         kwargs = self._decoding_kwargs(beam)
 
         def run(n):
@@ -428,7 +425,6 @@ class Bench:
         if self.warmup:
             run(10)  # warm-up
         med, times, out = self.timed(lambda: run(NUM_CODES), repeats=1, warmup=0)
-        del torch
         self.add(stage, f"text {TEXT_TOKENS} -> {out.shape[1]} codes", med, times, per_token=med / NUM_CODES,
                  baseline=baseline)
 
