@@ -62,18 +62,52 @@ class GPT2Attention(nn.Module):
         new_cache = None
         if cache is not None:
             start = (0, 0, cache_index, 0)
+            if s == 1:
+                out = self._decode_attention(q, k, v, cache, mask, cache_index, hd)
+                # The cache write must follow the cache reads above. XLA's copy insertion only sees data
+                # dependences: without one it copies each loop-carried cache buffer (twice) every step.
+                # ``0 * sum(out)`` (exactly 0 for finite attention) makes the written values depend on the
+                # reads, and the cache is then updated in place (~25% of a decode step at 500 codes).
+                dep = (0.0 * jnp.sum(out)).astype(k.dtype)
+                new_cache = {"k": lax.dynamic_update_slice(cache["k"], (k + dep).astype(cache["k"].dtype), start),
+                             "v": lax.dynamic_update_slice(cache["v"], (v + dep).astype(cache["v"].dtype), start)}
+                return dense(d, ("mlp", "embed"), name="c_proj", **kw)(out), new_cache
             k_all = lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v_all = lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k_all, "v": v_all}
-            if s == 1:  # decode step: attend over the whole buffer (the mask hides unwritten slots)
-                k, v = k_all, v_all
-            else:  # prefill (cache_index 0): the S new keys are all there is, skip the empty slots
-                mask = mask[..., :s]
+            # prefill (cache_index 0): the S new keys are all there is, skip the empty slots
+            mask = mask[..., :s]
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bhkd->bhqd", probs, v.astype(self.dtype)).transpose(0, 2, 1, 3).reshape(b, s, d)
         return dense(d, ("mlp", "embed"), name="c_proj", **kw)(out), new_cache
+
+    def _decode_attention(self, q, k_new, v_new, cache, mask, cache_index, hd):
+        """One decode step: attend over the cache *before* this step's write, plus this step's key.
+
+        q/k_new/v_new (B, H, 1, hd), cache {"k", "v"} (B, H, T, hd), mask (B|1, 1, 1, T) -> (B, 1, H*hd).
+        Equal to attending over the updated cache (slot ``cache_index`` holds k_new/v_new), but the
+        old cache is only read and the updated one only written, so XLA can update the loop-carried
+        cache in place instead of copying the whole cache several times per step.
+        """
+        b, h, _, _ = q.shape
+        d = h * hd
+        k_old = cache["k"].astype(q.dtype)
+        v_old = cache["v"].astype(q.dtype)
+        scale = 1.0 / math.sqrt(hd)
+        scores_old = jnp.einsum("bhqd,bhkd->bhqk", q, k_old).astype(jnp.float32) * scale
+        slots = jnp.arange(k_old.shape[2])
+        old_mask = mask & (slots != cache_index)[None, None, None, :]
+        scores_old = jnp.where(old_mask, scores_old, jnp.finfo(jnp.float32).min)
+        score_new = jnp.sum((q * k_new).astype(jnp.float32), axis=-1, keepdims=True) * scale  # (B, H, 1, 1)
+        top = jnp.maximum(jnp.max(scores_old, axis=-1, keepdims=True), score_new)
+        p_old = jnp.exp(scores_old - top)
+        p_new = jnp.exp(score_new - top)
+        denom = jnp.sum(p_old, axis=-1, keepdims=True) + p_new
+        out = jnp.einsum("bhqk,bhkd->bhqd", (p_old / denom).astype(self.dtype), v_old)
+        out = out + (p_new / denom).astype(self.dtype) * v_new
+        return out.transpose(0, 2, 1, 3).reshape(b, 1, d)
 
 
 class GPT2MLP(nn.Module):
