@@ -8,13 +8,19 @@ Steps (each skipped when its output already exists, so a re-run resumes):
   2. a held-out list (``heldout.jsonl``: sentences and a prompt voice for the final synthesis);
   3. a SentencePiece BPE tokenizer trained on the training sentences (``bpe.model``);
   4. the resolved config of every training stage (``configs/<stage>.json``);
-  5. the training stages that exist (``indextts2_jax.train.recipe.run_demo_stages``): preprocessing
-     to ArrayRecord shards (``text_ids`` + ``mel_stacked``), the codec (index bank) stage, then the
-     GPT stage with the frozen demo codec making its target codes (``stages/``).
+  5. the training stages (``indextts2_jax.train.recipe.run_demo_stages``) on the corpus minus the
+     held-out lines (``train_manifest.jsonl``): preprocessing to ArrayRecord shards, the codec (index
+     bank) stage, the GPT and S2M stages with the frozen demo codec making their codes, the BigVGAN
+     vocoder stage (``stages/<stage>/``, tensorboard curves in each);
+  6. export of the four stage workdirs to an inference bundle (``bundle/``);
+  7. synthesis of the held-out sentences, each with a training utterance of its voice as the prompt
+     (``synthesis/*.wav`` + ``report.json``);
+  8. the evaluation report of those files against their texts, prompts and the original espeak-ng
+     recordings (``evaluation/report.md``, ``report.json``, ``plots/``).
 
-Status: the S2M and vocoder stages (issue 9), export of a training run and synthesis from it have
-not landed yet, so the recipe stops after the GPT stage and says so. Outputs land under
-``--workdir``; ``summary.json`` lists them (with the first and last losses of each stage).
+``--stages`` runs a prefix of the stages only (then steps 6-8 are skipped and the summary says so).
+Outputs land under ``--workdir``; ``summary.json`` lists them (with the first and last losses of
+each stage and the evaluation summary). ``--scale N`` widens every demo model N times (for a GPU).
 """
 
 from __future__ import annotations
@@ -26,10 +32,15 @@ import sys
 import time
 from pathlib import Path
 
+from indextts2_jax.train.recipe import DEMO_STAGES as DEMO_ORDER
+
 
 def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_workers: int | None = None,
-        stages: tuple[str, ...] = ("codec", "gpt"), codec_steps: int | None = None, gpt_steps: int | None = None,
-        batch: int | None = None) -> dict:
+        stages: tuple[str, ...] = DEMO_ORDER, steps: dict[str, int] | None = None, batch: int | None = None,
+        synth_limit: int | None = None) -> dict:
+    """The recipe (see the module docstring); ``steps`` maps a stage to its step count (default: the config's),
+    ``synth_limit`` caps the held-out sentences synthesized. Returns the summary (also ``summary.json``)."""
+    steps = dict(steps or {})
     from configs import demo
     from data_pipeline.demo_corpus import build_demo_corpus
     from data_pipeline.manifest import read_manifest
@@ -62,6 +73,7 @@ def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_wor
         for i in held:
             prompt = rng.choice([u for u in train_utts if u.speaker == utts[i].speaker] or train_utts)
             f.write(json.dumps({"id": utts[i].id, "text": utts[i].text, "speaker": utts[i].speaker,
+                                "audio": str(Path(utts[i].audio_path).resolve()),
                                 "prompt_audio": str(Path(prompt.audio_path).resolve())}) + "\n")
     summary["steps"]["heldout"] = {"path": str(heldout_path), "count": k}
 
@@ -82,31 +94,81 @@ def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_wor
     summary["steps"]["configs"] = {"dir": str(cfg_dir)}
 
     if stages:
-        from indextts2_jax.train.recipe import run_demo_stages
+        from indextts2_jax.train.recipe import DEMO_STAGES, run_demo_stages
 
-        if tuple(stages) != ("codec", "gpt"):
-            raise SystemExit(f"--stages {','.join(stages)}: the demo runs 'codec,gpt' (gpt needs the codec) or ''")
+        if tuple(stages) != DEMO_STAGES[:len(stages)]:
+            raise SystemExit(f"--stages {','.join(stages)}: the demo runs a prefix of {','.join(DEMO_STAGES)} "
+                             "(each stage needs the ones before it) or '' (none)")
         t = time.perf_counter()
-        result = run_demo_stages(out / "stages", manifest=manifest, bpe_model=bpe, scale=scale,
-                                 codec_steps=codec_steps, gpt_steps=gpt_steps, batch=batch, num_workers=0)
+        from data_pipeline.manifest import write_manifest
+
+        train_manifest = out / "train_manifest.jsonl"  # the held-out sentences are never trained on
+        write_manifest(train_manifest, train_utts, relative=False)
+        result = run_demo_stages(out / "stages", manifest=train_manifest, bpe_model=bpe, scale=scale,
+                                 codec_steps=steps.get("codec"), gpt_steps=steps.get("gpt"),
+                                 s2mel_steps=steps.get("s2mel"), vocoder_steps=steps.get("vocoder"), batch=batch,
+                                 num_workers=0, stages=tuple(stages))
         summary["steps"]["train"] = {"seconds": round(time.perf_counter() - t, 1), **_losses(result)}
-        for stage in ("codec", "gpt"):
+        for stage in DEMO_STAGES:
             if stage in result:
                 first = result[stage].get("first_train", {}).get("loss")
                 last = result[stage].get("last_train", {}).get("loss")
                 print(f"[demo] {stage} stage: {result[stage]['step']} steps, loss {first} -> {last} "
                       f"({result[stage]['workdir']})")
-    done = "codec and GPT stages" if stages else "resolved configs (--stages '')"
-    summary["status"] = (f"stopped after the {done}: the S2M and vocoder stages, export of a training run "
-                         "and synthesis from it have not landed yet")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if tuple(stages) == DEMO_ORDER:
+        summary["steps"].update(_synthesize_and_evaluate(out, heldout_path, synth_limit))
+        summary["status"] = ("complete: corpus, BPE, the codec/GPT/S2M/vocoder stages, the exported bundle, "
+                             "synthesis of the held-out sentences and their evaluation report")
+    else:
+        done = f"the {', '.join(stages)} stage(s)" if stages else "resolved configs (--stages '')"
+        summary["status"] = f"stopped after {done} (no export/synthesis: that needs all four stages)"
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[demo] {summary['status']}. Outputs: {out.resolve()} (summary.json lists them)")
     return summary
 
 
+def _synthesize_and_evaluate(out: Path, heldout_path: Path, limit: int | None) -> dict:
+    """Export the trained stages to a bundle, synthesize the held-out sentences, score them."""
+    from indextts2_jax.eval import evaluate_run
+    from indextts2_jax.export import export_workdirs
+    from indextts2_jax.infer.pipeline import IndexTTS2
+
+    steps: dict = {}
+    t = time.perf_counter()
+    bundle = export_workdirs([out / "stages"], out / "bundle")
+    steps["export"] = {"bundle": str(bundle), "seconds": round(time.perf_counter() - t, 1)}
+    print(f"[demo] exported the trained stages to {bundle}")
+
+    held = [json.loads(x) for x in heldout_path.read_text().splitlines() if x.strip()]
+    held = held[:limit] if limit else held
+    jobs_path = out / "synthesis_jobs.jsonl"
+    with open(jobs_path, "w") as f:
+        for h in held:
+            job = {"id": h["id"], "text": h["text"], "speaker_prompt": h["prompt_audio"], "seed": 0}
+            f.write(json.dumps(job) + "\n")
+    t = time.perf_counter()
+    tts = IndexTTS2.from_pretrained(bundle)
+    report = tts.synthesize_jsonl(jobs_path, out / "synthesis")
+    steps["synthesis"] = {"dir": str(out / "synthesis"), "count": len(report["jobs"]),
+                          "seconds": round(time.perf_counter() - t, 1)}
+    print(f"[demo] synthesized {len(report['jobs'])} held-out sentences -> {out / 'synthesis'}")
+
+    t = time.perf_counter()
+    eval_jobs = [{"id": h["id"], "wav": str(out / "synthesis" / f"{h['id']}.wav"), "text": h["text"],
+                  "speaker_prompt": h["prompt_audio"], "reference": h.get("audio", "")} for h in held]
+    for j in eval_jobs:
+        if not j["reference"]:
+            del j["reference"]
+    ev = evaluate_run(eval_jobs, out / "evaluation")
+    steps["evaluation"] = {"dir": str(out / "evaluation"), "seconds": round(time.perf_counter() - t, 1),
+                           "summary": ev.get("summary", {})}
+    print(f"[demo] evaluation report: {out / 'evaluation' / 'report.md'}")
+    return steps
+
+
 def _losses(result: dict) -> dict:
     out = {"stages_dir": result.get("workdir")}
-    for stage in ("codec", "gpt"):
+    for stage in DEMO_ORDER:
         if stage in result:
             out[stage] = {"workdir": result[stage]["workdir"], "steps": result[stage]["step"],
                           "first_loss": result[stage].get("first_train", {}).get("loss"),
@@ -121,14 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_utterances", type=int, default=None, help="default: the demo config's 2000")
     parser.add_argument("--scale", type=int, default=1, help="width multiplier of the demo models")
     parser.add_argument("--num_workers", type=int, default=None, help="corpus synthesis processes")
-    parser.add_argument("--stages", default="codec,gpt", help="training stages to run: 'codec,gpt' or '' (none)")
-    parser.add_argument("--codec_steps", type=int, default=None, help="default: the demo config's steps")
-    parser.add_argument("--gpt_steps", type=int, default=None, help="default: the demo config's steps")
+    parser.add_argument("--stages", default=",".join(DEMO_ORDER),
+                        help="training stages: a prefix of 'codec,gpt,s2mel,vocoder' (all four: then export, "
+                             "synthesis and evaluation follow), or '' (corpus, BPE and configs only)")
+    for stage in DEMO_ORDER:
+        parser.add_argument(f"--{stage}_steps", type=int, default=None, help="default: the demo config's steps")
     parser.add_argument("--batch", type=int, default=None, help="global batch; default: the demo config's")
+    parser.add_argument("--synth_limit", type=int, default=None, help="synthesize only the first N held-out lines")
     args = parser.parse_args(argv)
     stages = tuple(s for s in args.stages.split(",") if s)
-    run(args.workdir, args.num_utterances, args.scale, args.num_workers, stages, args.codec_steps, args.gpt_steps,
-        args.batch)
+    steps = {s: getattr(args, f"{s}_steps") for s in DEMO_ORDER if getattr(args, f"{s}_steps")}
+    run(args.workdir, args.num_utterances, args.scale, args.num_workers, stages, steps, args.batch, args.synth_limit)
     return 0
 
 

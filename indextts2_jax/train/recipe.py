@@ -1,12 +1,13 @@
-"""Stage recipes: the demo's preprocess -> codec -> gpt chain, and a synthetic shard set for tests.
+"""Stage recipes: the demo's preprocess -> codec -> gpt -> s2mel -> vocoder chain, and synthetic shards for tests.
 
     from indextts2_jax.train.recipe import run_demo_stages
     out = run_demo_stages("runs/demo", manifest="runs/demo/corpus/manifest.jsonl", bpe_model="runs/demo/bpe.model")
 
-:func:`run_demo_stages` preprocesses the manifest (``text_ids`` + ``mel_stacked``), trains the
-demo codec on the stacked-mel stand-in features, exports its params, then trains the demo GPT with
-that frozen codec producing the target codes in the step. Each step is skipped or resumed when its
-output exists (the trainer resumes from the workdir's checkpoints by itself).
+:func:`run_demo_stages` preprocesses the manifest (:data:`DEMO_FEATURES`), trains the demo codec
+on the stacked-mel stand-in features and exports its params, then trains the demo GPT and the S2M
+stage with that frozen codec producing the codes in the step, and the BigVGAN vocoder on
+(mel, waveform) crops. A re-run resumes: each trainer resumes from its workdir's checkpoints, and a
+finished stage only re-exports.
 
 :func:`write_synthetic_shards` writes a small shard set with the same record layout as
 ``data_pipeline.preprocess`` (``mel_stacked`` and ``text_ids``), made of deterministic features
@@ -186,26 +187,38 @@ def _final_metrics(workdir: Path) -> dict[str, Any]:
     return out
 
 
+DEMO_STAGES = ("codec", "gpt", "s2mel", "vocoder")
+DEMO_FEATURES = ("text_ids", "mel_stacked", "mel", "wave", "campplus_fbank")
+
+
 def run_demo_stages(workdir: str | Path, *, manifest: str | Path | None = None, bpe_model: str | Path | None = None,
                     shards: str | Path | None = None, scale: int = 1, codec_steps: int | None = None,
-                    gpt_steps: int | None = None, batch: int | None = None, num_workers: int = 0,
+                    gpt_steps: int | None = None, s2mel_steps: int | None = None, vocoder_steps: int | None = None,
+                    batch: int | None = None, num_workers: int = 0, stages: tuple[str, ...] = DEMO_STAGES,
                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Preprocess (unless ``shards`` is given) -> codec stage -> export -> GPT stage, for the demo configs.
+    """Preprocess (unless ``shards`` is given) -> codec -> gpt -> s2mel -> vocoder, for the demo configs.
 
     Args:
-      workdir: outputs: ``shards/``, ``codec/`` (run + ``codec_params.msgpack``), ``gpt/``.
+      workdir: outputs: ``shards/``, one workdir per stage (``codec/`` also holds ``codec_params.msgpack``);
+        the stage folders are what ``indextts2_jax.export.export_workdirs([workdir], ...)`` reads.
       manifest, bpe_model: the demo corpus manifest and BPE model (``experiments/demo.py`` makes both).
-      shards: existing shards (``text_ids`` + ``mel_stacked``) instead of preprocessing.
-      codec_steps, gpt_steps, batch: override the demo configs' ``steps``/``batch``.
-      overrides: dotted config keys -> values applied to both stage configs (e.g. ``{"data.num_workers": 0}``).
-    Returns a dict with the paths (shards, codec workdir and params, gpt workdir) and, per stage, the
-    trainer's summary and the first/last logged metrics.
+      shards: existing shards (the :data:`DEMO_FEATURES` the chosen stages need) instead of preprocessing.
+      codec_steps, gpt_steps, s2mel_steps, vocoder_steps, batch: override the demo configs' ``steps``/``batch``.
+      stages: which stages to run, in order; a stage's inputs (the codec params for gpt/s2mel) must exist.
+      overrides: dotted config keys -> values applied to every stage config (e.g. ``{"data.num_workers": 0}``).
+    Returns a dict with the paths (shards, stage workdirs, codec params) and, per stage, the trainer's
+    summary and the first/last logged metrics. The S2M stage is trained without the GPT latent (content =
+    the codec's code embeddings), which keeps the demo within its CPU budget; the export then zeroes
+    ``gpt_layer`` so synthesis matches training.
     """
     from configs import demo
-    from indextts2_jax.train.tasks.codec import CODEC_PARAMS_FILE, CodecTask, export_codec_params
-    from indextts2_jax.train.tasks.gpt import GptTask
+    from indextts2_jax.train.tasks import get_task
+    from indextts2_jax.train.tasks.codec import CODEC_PARAMS_FILE, export_codec_params
     from indextts2_jax.train.trainer import train
 
+    unknown = [s for s in stages if s not in DEMO_STAGES]
+    if unknown:
+        raise ValueError(f"unknown demo stages {unknown}; the demo runs {DEMO_STAGES} in that order")
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"workdir": str(out.resolve())}
@@ -219,7 +232,7 @@ def run_demo_stages(workdir: str | Path, *, manifest: str | Path | None = None, 
         shards = out / "shards"
         t = time.perf_counter()
         cfg = demo.get_config(f"stage=gpt,scale={scale}")
-        options = options_from_config(cfg, ("text_ids", "mel_stacked"), str(bpe_model))
+        options = options_from_config(cfg, DEMO_FEATURES, str(bpe_model))
         report = preprocess(read_manifest(str(manifest)), shards, options, num_workers=num_workers, progress=False)
         result["preprocess"] = {"seconds": round(time.perf_counter() - t, 1), "examples": report["total"]["examples"],
                                 "skipped": report["total"]["skipped"]}
@@ -242,22 +255,24 @@ def run_demo_stages(workdir: str | Path, *, manifest: str | Path | None = None, 
             node[leaf] = value
         return c
 
-    codec_dir = out / "codec"
-    c = stage_config("codec", codec_steps)
-    t = time.perf_counter()
-    summary = train(c, str(codec_dir), CodecTask(c))
-    codec_params = export_codec_params(codec_dir, codec_dir / CODEC_PARAMS_FILE)
-    result["codec"] = {"workdir": str(codec_dir), "params": str(codec_params), "step": summary["step"],
-                       "seconds": round(time.perf_counter() - t, 1), **_final_metrics(codec_dir)}
-
-    gpt_dir = out / "gpt"
-    c = stage_config("gpt", gpt_steps)
-    c.codec_checkpoint = str(codec_params)
-    t = time.perf_counter()
-    summary = train(c, str(gpt_dir), GptTask(c))
-    result["gpt"] = {"workdir": str(gpt_dir), "step": summary["step"], "seconds": round(time.perf_counter() - t, 1),
-                     **_final_metrics(gpt_dir)}
-    (out / "stages.json").write_text(json.dumps(result, indent=1, default=str))
+    codec_params = out / "codec" / CODEC_PARAMS_FILE
+    steps = {"codec": codec_steps, "gpt": gpt_steps, "s2mel": s2mel_steps, "vocoder": vocoder_steps}
+    for stage in stages:
+        c = stage_config(stage, steps[stage])
+        if stage in ("gpt", "s2mel"):
+            if not codec_params.exists():
+                raise FileNotFoundError(f"stage {stage} needs the demo codec params {codec_params}: run the codec "
+                                        "stage first")
+            c.codec_checkpoint = str(codec_params)
+        stage_dir = out / stage
+        t = time.perf_counter()
+        summary = train(c, str(stage_dir), get_task(c))
+        entry = {"workdir": str(stage_dir), "step": summary["step"], "seconds": round(time.perf_counter() - t, 1),
+                 **_final_metrics(stage_dir)}
+        if stage == "codec":
+            entry["params"] = str(export_codec_params(stage_dir, codec_params))
+        result[stage] = entry
+        (out / "stages.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
 
