@@ -303,6 +303,8 @@ DEFAULT_FEATURES = {
 MODEL_DEFAULT_FEATURES = {  # with --model: the real features instead of the demo stand-ins
     "gpt": ("w2v_bert", "semantic_codes"),
     "codec": ("w2v_bert",),
+    "s2mel": ("w2v_bert", "semantic_codes", "mel", "campplus"),
+    "vocoder": ("mel", "wave"),
 }
 
 

@@ -113,10 +113,12 @@ def main(argv: list[str]) -> int:
     from indextts2_jax.train.tasks import get_task
     from indextts2_jax.train.trainer import train
 
-    if config.get("init_from") and config.stage == "gpt":
-        from indextts2_jax.train.tasks.gpt import prepare_init_from
+    if config.get("init_from") and config.stage in ("gpt", "s2mel", "vocoder"):
+        import importlib
 
-        config.init_from = prepare_init_from(config.init_from, workdir)
+        # a converted official checkpoint folder -> an Orbax checkpoint of the stage's params (once)
+        stage_module = importlib.import_module(f"indextts2_jax.train.tasks.{config.stage}")
+        config.init_from = stage_module.prepare_init_from(config.init_from, workdir)
     from indextts2_jax.train.tasks import adapt_iterator_state
 
     if adapt_iterator_state(os.path.join(workdir, "checkpoints"), jax.process_index(), jax.process_count()):
