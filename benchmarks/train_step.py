@@ -1,4 +1,10 @@
-"""GPT-stage (UnifiedVoice) training step: step time, tokens/s and MFU on the device at hand.
+"""Training step of a stage (GPT by default; ``--stage s2mel`` or ``vocoder``): step time, tokens/s, MFU.
+
+``--stage s2mel``: the S2M task's CFM step (codes -> frozen codec vq2emb -> length regulator -> DiT,
+prompt masked, CFG dropout) on ``--mel-len`` semantic frames (x 1.72 mel frames at the official
+50 Hz / 86 Hz rates), CAMPPlus style vectors given. ``--stage vocoder``: the BigVGAN GAN step
+(generator + MPD + CQT discriminators, both losses, one optimizer update) on ``--mel-len`` mel frames
+(x 256 samples). Both at the official sizes (``--tiny``: demo sizes), random weights.
 
 The real train step of ``indextts2_jax.train`` (the GPT task's loss: text + mel cross-entropy with
 both conditioning encoders; AdamW, clipping; state donated), random weights, a random batch with
@@ -33,9 +39,9 @@ def make_config(args):
     from configs import demo, indextts2
 
     if args.tiny:
-        c = demo.get_config(f"stage=gpt,batch={args.batch}")
+        c = demo.get_config(f"stage={args.stage},batch={args.batch}")
     else:
-        c = indextts2.get_config(f"stage=gpt,batch={args.batch},dtype={args.dtype}")
+        c = indextts2.get_config(f"stage={args.stage},batch={args.batch},dtype={args.dtype}")
     c.compute_dtype = args.dtype
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, args.fsdp, args.tensor
     c.total_steps = 10_000
@@ -60,24 +66,68 @@ def random_batch(task, args, rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
+def random_stage_batch(task, args, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A random batch for the s2mel or vocoder task (the keys their loss functions read)."""
+    b = args.batch
+    if args.stage == "vocoder":
+        t = args.mel_len
+        return {"valid": np.ones((b,), bool), "mel": rng.normal(-5, 1, (b, t, 80)).astype(np.float32),
+                "mel_lengths": np.full((b,), t, np.int32),
+                "wave": (0.1 * rng.normal(size=(b, t * 256))).astype(np.float32),
+                "wave_lengths": np.full((b,), t * 256, np.int32)}
+    mc = task.model_config
+    ratio = 2.0 if args.tiny else 22050 / 256 / 50
+    n, t = args.mel_len, int(round(args.mel_len * ratio))
+    codebook = task._codec.config.codebook_size
+    return {"valid": np.ones((b,), bool),
+            "semantic_features": rng.normal(size=(b, n, mc.length_regulator.in_channels)).astype(np.float32),
+            "semantic_lengths": np.full((b,), n, np.int32),
+            "semantic_codes": rng.integers(0, codebook, (b, n)).astype(np.int32),
+            "mel": rng.normal(-5, 1, (b, t, mc.n_mels)).astype(np.float32), "mel_lengths": np.full((b,), t, np.int32),
+            "speaker_embedding": rng.normal(size=(b, mc.style_dim)).astype(np.float32)}
+
+
+def make_task(config, args, tmp: str):
+    from indextts2_jax.train.recipe import write_synthetic_shards
+
+    if args.stage == "gpt":
+        from indextts2_jax.train.tasks.gpt import GptTask
+
+        config.data.shards = str(write_synthetic_shards(tmp, num_utterances=4, valid_utterances=0,
+                                                        dim=int(config.gpt.condition_input_size)))
+        return GptTask(config)
+    if args.stage == "vocoder":
+        from indextts2_jax.train.tasks.vocoder import VocoderTask
+
+        config.data.shards = str(write_synthetic_shards(tmp, num_utterances=4, valid_utterances=0, audio=True))
+        return VocoderTask(config)
+    from indextts2_jax.models import semantic_codec as sc
+    from indextts2_jax.train.tasks.codec import codec_config_from, save_params
+    from indextts2_jax.train.tasks.s2mel import S2melTask
+
+    config.data.shards = str(write_synthetic_shards(tmp, num_utterances=4, valid_utterances=0, mel=True,
+                                                    speaker_embedding_dim=192, codes=True))
+    codec_cfg = codec_config_from(config)
+    config.codec_checkpoint = str(save_params(sc.init_params(codec_cfg, jax.random.key(1)), f"{tmp}/codec.msgpack"))
+    return S2melTask(config)
+
+
 def run(args) -> dict:
     import flax.linen as nn
 
     from indextts2_jax import sharding
     from indextts2_jax.train.optim import make_optimizer
-    from indextts2_jax.train.recipe import write_synthetic_shards
-    from indextts2_jax.train.tasks.gpt import GptTask
     from indextts2_jax.train.trainer import TrainState, build_step, peak_flops_per_device
 
     config = make_config(args)
     with tempfile.TemporaryDirectory() as tmp:  # the task wants shards; a few synthetic records suffice
-        config.data.shards = str(write_synthetic_shards(tmp, num_utterances=4, valid_utterances=0,
-                                                        dim=int(config.gpt.condition_input_size)))
-        task = GptTask(config)
+        task = make_task(config, args, tmp)
     mesh = sharding.make_mesh(dict(config.mesh))
     rules = sharding.rules_from_config(config.logical_axis_rules)
-    tx, schedule = make_optimizer(config.optimizer, int(config.total_steps))
-    local = random_batch(task, args, np.random.default_rng(0))
+    custom = task.make_optimizer(int(config.total_steps)) if hasattr(task, "make_optimizer") else None
+    tx, schedule = custom or make_optimizer(config.optimizer, int(config.total_steps))
+    rng_np = np.random.default_rng(0)
+    local = random_batch(task, args, rng_np) if args.stage == "gpt" else random_stage_batch(task, args, rng_np)
     batch = sharding.global_batch(local, mesh)
 
     def init_state(r):
@@ -109,7 +159,8 @@ def run(args) -> dict:
     peak *= jax.device_count()
     loss = float(metrics["loss"])
     assert np.isfinite(loss), f"loss is {loss}"
-    return {"batch": args.batch, "seq": task.sequence_length(local), "params M": f"{num_params / 1e6:.1f}",
+    seq = task.sequence_length(local) if hasattr(task, "sequence_length") else local["mel"].shape[1]
+    return {"stage": args.stage, "batch": args.batch, "seq": seq, "params M": f"{num_params / 1e6:.1f}",
             "compile s": f"{compile_s:.1f}", "step s": f"{step_s:.4f}", "tok/s": f"{tokens / step_s:.0f}",
             "TFLOP/s": f"{flops / step_s / 1e12:.3f}", "MFU": f"{flops / step_s / peak:.1%}" if peak else "",
             "loss": f"{loss:.3f}"}
@@ -117,10 +168,12 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=["gpt", "s2mel", "vocoder"], default="gpt")
     parser.add_argument("--tiny", action="store_true", help="the demo-size model instead of the official size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--text-len", type=int, default=100, help="text tokens per sequence")
-    parser.add_argument("--mel-len", type=int, default=500, help="semantic codes per sequence (~10 s at 50 Hz)")
+    parser.add_argument("--mel-len", type=int, default=500,
+                        help="semantic codes per sequence (~10 s at 50 Hz); vocoder: mel frames per segment")
     parser.add_argument("--prompt-len", type=int, default=300, help="prompt feature frames")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
@@ -135,8 +188,8 @@ def main(argv=None) -> None:
     row = run(args)
     cols = list(row)
     widths = [max(len(c), len(str(row[c]))) for c in cols]
-    size = "demo size" if args.tiny else "official 1280/24/20"
-    print(f"GPT train step, {size}, {args.dtype}, {jax.device_count()} x {jax.devices()[0].device_kind}")
+    size = "demo size" if args.tiny else "official size"
+    print(f"{args.stage} train step, {size}, {args.dtype}, {jax.device_count()} x {jax.devices()[0].device_kind}")
     print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print("| " + " | ".join(str(row[c]).ljust(w) for c, w in zip(cols, widths)) + " |")
