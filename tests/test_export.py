@@ -128,7 +128,9 @@ def test_serialized_functions_equal_jitted_originals(bundle_f32):
     got = bundle_function(bundle, "bigvgan_T12")(bundle.params["bigvgan"], mel)
     want = jax.jit(lambda p, m: BigVGAN(cc["bigvgan"]).apply({"params": p}, m))(bundle.params["bigvgan"], mel)
     assert got.shape == (1, 12 * cc["bigvgan"].hop_length)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
+    # float32: the deserialized program is compiled on its own (its fusions may round differently);
+    # 1e-5 is ~100 ulps for these |values| <= 1, far below any real difference
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)
 
     s = cc["s2mel"]
     t = 20
