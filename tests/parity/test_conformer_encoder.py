@@ -9,18 +9,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from indextts2_jax.nn.conformer import ConformerConfig, ConformerEncoder, from_torch
+from indextts2_jax.nn.conformer import ConformerConfig, ConformerEncoder, from_torch, subsampling_freq_chunk
 from tests.parity.cases import assert_close, cases, get_case
 
 TOL = 1e-4
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["plain", "chunked"])
 @pytest.mark.parametrize("case_path", cases("conformer_encoder"))
-def test_conformer_encoder(case_path):
+def test_conformer_encoder(case_path, chunked):
+    """``chunked``: the subsampling as a scan over frequency chunks (the CPU path at official size)."""
     case = get_case(case_path)
     cfg = ConformerConfig.from_official(case.config)
     params = from_torch(case.params, cfg)
-    model = ConformerEncoder(cfg)
+    if chunked:  # the fixture's F' must split, or the flag would silently test the plain path again
+        assert subsampling_freq_chunk((cfg.input_size - 3) // 2 + 1, cfg.output_size) is not None
+    model = ConformerEncoder(cfg, subsampling_chunked=chunked)
     run = jax.jit(lambda p, x, n: model.apply({"params": p}, x, n, return_intermediates=True))
     xs = jnp.asarray(case.inputs["xs"])
     ys, mask, inter = run(params, xs, jnp.asarray(case.inputs["xs_lens"]))
