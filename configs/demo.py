@@ -76,7 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.gpt.condition_module.update(dict(output_size=32 * s, linear_units=64 * s, attention_heads=2, num_blocks=1))
     m.gpt.emo_condition_module.update(dict(output_size=32 * s, linear_units=64 * s, attention_heads=2, num_blocks=1))
     m.semantic_codec.update(dict(codebook_size=codebook, hidden_size=feat_dim, codebook_dim=8, vocos_dim=64 * s,
-                                 vocos_intermediate_dim=128 * s, vocos_num_layers=2))
+                                 vocos_intermediate_dim=128 * s, vocos_num_layers=2,
+                                 input_norm=True))  # raw log-mel in: see SemanticCodecConfig.input_norm
     m.s2mel.length_regulator.update(dict(channels=64 * s, in_channels=feat_dim))
     m.s2mel.DiT.update(dict(hidden_dim=64 * s, num_heads=2, depth=5, content_dim=64 * s))
     m.s2mel.wavenet.update(dict(hidden_dim=64 * s, num_layers=2))

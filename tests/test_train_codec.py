@@ -122,7 +122,7 @@ def test_kmeans_init_is_deterministic_and_from_data(shards):
 
 def test_dead_code_functions():
     from indextts2_jax.nn import vq
-    from indextts2_jax.train.tasks.codec import dead_code_pull, replace_dead_codes
+    from indextts2_jax.train.tasks.codec import dead_code_pull
 
     key = jax.random.key(0)
     codebook = vq.l2_normalize(jax.random.normal(key, (16, 4)))
@@ -132,10 +132,37 @@ def test_dead_code_functions():
     counts = vq.code_usage(codes, 16, mask)
     loss, n_dead = dead_code_pull(key, codebook, z, counts, mask, 1.0)
     assert int(n_dead) == int((counts < 1).sum()) and float(loss) > 0
-    params = {"quantizer": {"codebook": codebook}}
-    new = replace_dead_codes(params, z, mask, key)["quantizer"]["codebook"]
-    dead = np.asarray(counts < 1)
+    # hard replacement draws valid rows only (7 valid < 16 codes: the draws cycle through all 7)
+    new, dead = vq.replace_dead_codes(key, codebook, counts, z, 1.0, mask)
+    np.testing.assert_array_equal(np.asarray(dead), np.asarray(counts < 1))
     np.testing.assert_array_equal(np.asarray(new)[~dead], np.asarray(codebook)[~dead])
-    valid = np.asarray(vq.l2_normalize(z[mask]))
-    for row in np.asarray(new)[dead]:  # each replaced code is one of the valid (normalized) latents
-        assert np.min(np.abs(valid - row).max(-1)) < 1e-6
+    valid, padded = np.asarray(z[mask]), np.asarray(z[~mask])
+    for row in np.asarray(new)[np.asarray(dead)]:
+        assert np.min(np.abs(valid - row).max(-1)) == 0.0
+        assert np.min(np.abs(padded - row).max(-1)) > 0.0
+
+
+def test_post_update_replaces_dead_codes_every_n_steps(shards):
+    from indextts2_jax.nn import vq
+    from indextts2_jax.train.recipe import tiny_config
+    from indextts2_jax.train.tasks.codec import CodecTask, frame_mask
+
+    c = tiny_config("codec", shards, 5, **{"codec.dead_code_replace_every": 3})
+    task = CodecTask(c)
+    batch = {k: jnp.asarray(v) for k, v in task.first_batches(1)[0].items()}  # real frames (example_batch is padding)
+    params = nn.unbox(task.init_params(jax.random.key(0), batch))
+    cb = params["quantizer"]["codebook"]
+    # collapse the codebook: every code but one points away from the data
+    collapsed = {**params, "quantizer": {**params["quantizer"], "codebook": cb.at[1:].set(-cb[0])}}
+    hook = jax.jit(task.post_update)
+    same = hook(collapsed, batch, jax.random.key(1), jnp.int32(0))  # step 0: (0 + 1) % 3 != 0
+    np.testing.assert_array_equal(same["quantizer"]["codebook"], collapsed["quantizer"]["codebook"])
+    new = hook(collapsed, batch, jax.random.key(1), jnp.int32(2))["quantizer"]["codebook"]
+    out = task.model.apply({"params": collapsed}, batch["semantic_features"], frame_mask(batch),
+                           method=type(task.model).quantize_details)
+    mask = frame_mask(batch)
+    before = vq.code_usage(out["codes"], cb.shape[0], mask)
+    after = vq.code_usage(vq.nearest_code(out["z_e"], new), cb.shape[0], mask)
+    # every dead code now sits on a distinct frame's latent: (nearly) every frame gets a code of its own
+    frames = min(int(mask.sum()), cb.shape[0])
+    assert int((before > 0).sum()) <= 2 and int((after > 0).sum()) >= 0.8 * frames > 2, (before, after, frames)

@@ -61,6 +61,12 @@ class SemanticCodecConfig:
 
     ``with_decoder``: build the (training-only) decoder half; the official checkpoint has it.
     ``commitment`` / ``codebook_loss_weight``: RepCodec's FVQ loss weights (0.15 / 1.0).
+    ``input_norm``: not in the official codec (whose w2v-BERT inputs arrive normalized by the
+    mean/var stats). Adds params ``input_mean``/``input_std`` (H,) and feeds the encoder
+    ``(features - input_mean) / input_std``; the reconstruction is then in that normalized space.
+    The params are constants for training (stop-gradient; the codec stage sets them from the data).
+    The demo codec on raw log-mel frames needs it: without it every frame's projected latent
+    points the same way (the mean spectrum dominates) and the codebook collapses within 10 steps.
     """
 
     codebook_size: int = 8192
@@ -72,6 +78,7 @@ class SemanticCodecConfig:
     with_decoder: bool = True
     commitment: float = 0.15
     codebook_loss_weight: float = 1.0
+    input_norm: bool = False
 
     def __post_init__(self):
         if self.codebook_dim == self.hidden_size:
@@ -252,7 +259,9 @@ class SemanticCodec(nn.Module):
       B=1 quirk).
     - ``decode(quantized, mask=None)`` -> reconstruction (B, T, H) (needs ``with_decoder``).
     - ``__call__(features, mask=None)`` -> the training forward: dict with ``reconstruction``,
-      ``codes``, ``quantized``, ``z_e``, ``z_q``, ``commit_loss``, ``codebook_loss``.
+      ``target`` (the features as the encoder reads them: ``normalize(features)``), ``codes``,
+      ``quantized``, ``z_e``, ``z_q``, ``commit_loss``, ``codebook_loss``.
+    - ``normalize(features)``: the ``input_norm`` step (identity without it).
     """
 
     config: SemanticCodecConfig
@@ -265,10 +274,25 @@ class SemanticCodec(nn.Module):
         self.quantizer = FactorizedVQ(c, self.param_dtype)
         if c.with_decoder:
             self.decoder = VocosEncoder(c, self.dtype, self.param_dtype)
+        if c.input_norm:
+            self.input_mean = self.param("input_mean", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                                    ("norm",)),
+                                         (c.hidden_size,), jnp.float32)
+            self.input_std = self.param("input_std", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                                  ("norm",)),
+                                        (c.hidden_size,), jnp.float32)
+
+    def normalize(self, features):
+        """features (B, T, H) -> what the encoder reads (``input_norm``; else unchanged)."""
+        if not self.config.input_norm:
+            return features
+        mean = jax.lax.stop_gradient(self.input_mean)
+        std = jax.lax.stop_gradient(self.input_std)
+        return ((features.astype(jnp.float32) - mean) / std).astype(features.dtype)
 
     def quantize_details(self, features, mask=None):
         mask = None if mask is None else jnp.asarray(mask).astype(bool)
-        encoder_out = self.encoder(features, mask)
+        encoder_out = self.encoder(self.normalize(features), mask)
         out = self.quantizer(encoder_out)
         return {"encoder_out": encoder_out, **out}
 
@@ -292,6 +316,7 @@ class SemanticCodec(nn.Module):
             out["z_e"], out["z_q"], loss_mask, self.config.commitment, self.config.codebook_loss_weight
         )
         out["commit_loss"], out["codebook_loss"] = commit, codebook
+        out["target"] = self.normalize(features)
         if self.config.with_decoder:
             out["reconstruction"] = self.decode(out["quantized"], mask)
         return out

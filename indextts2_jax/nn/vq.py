@@ -376,19 +376,23 @@ def quantization_error(features, codebook, metric: str = "cosine"):
 
 
 @functools.partial(jax.jit, static_argnames=("threshold",))
-def replace_dead_codes(key, codebook, counts, features, threshold: float = 1.0):
+def replace_dead_codes(key, codebook, counts, features, threshold: float = 1.0, mask=None):
     """Re-initialise codes used fewer than ``threshold`` times with random features.
 
     codebook (K, d), counts (K,) (e.g. :func:`code_usage` over recent batches, or an EMA),
-    features (N, d) (any leading dims). Each dead code gets a distinct random feature row when
-    N >= K (sampling without replacement). Returns ``(new_codebook, dead_mask (K,) bool)``.
+    features (N, d) (any leading dims), mask (N,) (same leading dims) or None: only valid rows
+    are drawn. Each dead code gets a distinct random valid row while there are at least K valid
+    rows (sampling without replacement, by Gumbel top-k); with fewer, the draws repeat cyclically.
+    With no valid row at all the codebook is returned unchanged. Returns
+    ``(new_codebook, dead_mask (K,) bool)``.
     """
     codebook = jnp.asarray(codebook)
     points = jnp.asarray(features, codebook.dtype).reshape(-1, codebook.shape[-1])
     n, k = points.shape[0], codebook.shape[0]
-    dead = jnp.asarray(counts) < threshold
-    if n >= k:
-        picks = jax.random.permutation(key, n)[:k]
-    else:
-        picks = jax.random.randint(key, (k,), 0, n)
+    valid = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask).reshape(-1).astype(bool)
+    n_valid = valid.sum()
+    scores = jnp.where(valid, jax.random.gumbel(key, (n,)), -jnp.inf)
+    order = jnp.argsort(-scores)  # valid rows first, in random order
+    picks = order[jnp.arange(k) % jnp.maximum(n_valid, 1)]
+    dead = (jnp.asarray(counts) < threshold) & (n_valid > 0)
     return jnp.where(dead[:, None], points[picks], codebook), dead

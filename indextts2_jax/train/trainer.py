@@ -92,6 +92,15 @@ class Task:
         """
         return None
 
+    def post_update(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array) -> Any:
+        """Params after the optimizer update -> params (inside the jitted step; default: unchanged).
+
+        For updates that are not gradient steps (the codec's dead-code replacement). Must be a pure
+        function of its arguments, so that sharded, single-device and resumed runs agree. ``step``
+        is the step just taken (0-based, traced), ``rng`` a key of its own for this step.
+        """
+        return params
+
     def select_init_params(self, restored: Any) -> Any:
         """The part of a converted checkpoint (``config.init_from``) that this stage trains."""
         return restored.get("params", restored) if isinstance(restored, Mapping) else restored
@@ -182,6 +191,7 @@ def build_step(task: Task, tx, schedule):
         (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng, True)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
+        params = task.post_update(params, batch, jax.random.fold_in(step_rng, 1 << 30), state.step)
         metrics = dict(metrics)
         metrics.update(loss=loss, grad_norm=_tree_norm(grads), update_norm=_tree_norm(updates),
                        param_norm=_tree_norm(params), learning_rate=schedule(state.step))
