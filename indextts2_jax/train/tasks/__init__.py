@@ -141,6 +141,41 @@ def adapt_iterator_state(checkpoint_dir: str | os.PathLike, process_index: int, 
     return True
 
 
+def converted_component_file(path: str | os.PathLike, component: str) -> Path | None:
+    """The params file of ``component`` in a converted checkpoint folder; None if ``path`` is not one.
+
+    A converted checkpoint folder holds ``converted.json`` (written by
+    ``indextts2_jax.convert.official.save_converted``) naming each component's msgpack file.
+    Raises ConfigError when the folder is one but lacks ``component``.
+    """
+    src = Path(path)
+    meta = src / "converted.json"
+    if not meta.is_file():
+        return None
+    comp = json.loads(meta.read_text()).get("components", {}).get(component)
+    if comp is None:
+        raise ConfigError(f"{src}: the converted checkpoint holds no {component!r} component")
+    return src / comp["file"]
+
+
+def write_init_checkpoint(out: str | os.PathLike, key: str, load) -> str:
+    """Write ``{key: load()}`` (float32) once as an Orbax checkpoint at ``out`` (kept if there); its path.
+
+    ``config.init_from`` of every stage reads such a checkpoint; ``load`` is only called when
+    ``out`` does not exist yet (conversion is done once per workdir).
+    """
+    out = Path(out).resolve()
+    if not out.exists():
+        import jax
+        import orbax.checkpoint as ocp
+
+        params = load()
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(str(out), {key: jax.tree.map(lambda x: np.asarray(x, np.float32), params)})
+        ckptr.wait_until_finished()
+    return str(out)
+
+
 def run_demo_stages(*args, **kwargs):
     """See :func:`indextts2_jax.train.recipe.run_demo_stages` (preprocess -> codec -> gpt)."""
     from indextts2_jax.train.recipe import run_demo_stages as run

@@ -32,7 +32,6 @@ into such a checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -46,7 +45,7 @@ import numpy as np
 
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.models.gpt import UnifiedVoice, UnifiedVoiceConfig, masked_cross_entropy, target_mask
-from indextts2_jax.train.tasks import PipelineTask
+from indextts2_jax.train.tasks import PipelineTask, converted_component_file, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import codec_config_from, compute_dtype, load_params
 
 log = logging.getLogger("indextts2_jax.train")
@@ -304,20 +303,7 @@ def prepare_init_from(path: str | os.PathLike, workdir: str | os.PathLike) -> st
     ``indextts2_jax.convert.official.save_converted``) is rewritten once as an Orbax checkpoint
     ``<workdir>/init_from_gpt`` holding ``{"gpt": params}``; any other path is returned as is.
     """
-    src = Path(path)
-    meta = src / "converted.json"
-    if not meta.is_file():
+    file = converted_component_file(path, "gpt")
+    if file is None:
         return str(path)
-    info = json.loads(meta.read_text())
-    comp = info.get("components", {}).get("gpt")
-    if comp is None:
-        raise ConfigError(f"{src}: the converted checkpoint holds no 'gpt' component")
-    out = (Path(workdir) / "init_from_gpt").resolve()
-    if not out.exists():
-        import orbax.checkpoint as ocp
-
-        params = load_params(src / comp["file"])
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(str(out), {"gpt": jax.tree.map(lambda x: np.asarray(x, np.float32), params)})
-        ckptr.wait_until_finished()
-    return str(out)
+    return write_init_checkpoint(Path(workdir) / "init_from_gpt", "gpt", lambda: load_params(file))

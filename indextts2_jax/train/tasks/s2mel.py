@@ -51,7 +51,6 @@ official: 1280 -> 1024). ``init_from``: an Orbax checkpoint with the tree at the
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -64,7 +63,7 @@ import numpy as np
 
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.models import s2mel as s2m
-from indextts2_jax.train.tasks import PipelineTask
+from indextts2_jax.train.tasks import PipelineTask, converted_component_file, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import codec_config_from, compute_dtype, load_params
 
 log = logging.getLogger("indextts2_jax.train")
@@ -427,22 +426,10 @@ def prepare_init_from(path: str | os.PathLike, workdir: str | os.PathLike) -> st
     ``indextts2_jax.convert.official.save_converted``) is rewritten once as an Orbax checkpoint
     ``<workdir>/init_from_s2mel`` holding ``{"s2mel": params}``; any other path is returned as is.
     """
-    src = Path(path)
-    meta = src / "converted.json"
-    if not meta.is_file():
+    file = converted_component_file(path, "s2mel")
+    if file is None:
         return str(path)
-    comp = json.loads(meta.read_text()).get("components", {}).get("s2mel")
-    if comp is None:
-        raise ConfigError(f"{src}: the converted checkpoint holds no 's2mel' component")
-    out = (Path(workdir) / "init_from_s2mel").resolve()
-    if not out.exists():
-        import orbax.checkpoint as ocp
-
-        params = load_params(src / comp["file"])
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(str(out), {"s2mel": jax.tree.map(lambda x: np.asarray(x, np.float32), params)})
-        ckptr.wait_until_finished()
-    return str(out)
+    return write_init_checkpoint(Path(workdir) / "init_from_s2mel", "s2mel", lambda: load_params(file))
 
 
 __all__ = ["S2melTask", "demo_campplus_params", "s2mel_config_from", "campplus_config_from", "load_gpt_params",

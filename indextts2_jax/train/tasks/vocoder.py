@@ -67,7 +67,7 @@ from indextts2_jax.models.bigvgan import BigVGAN, BigVGANConfig, remove_weight_n
 from indextts2_jax.models.discriminators import DiscriminatorConfig, VocoderDiscriminator, split_real_fake
 from indextts2_jax.train import vocoder_losses as vl
 from indextts2_jax.train.optim import freeze_labels, param_path
-from indextts2_jax.train.tasks import PipelineTask
+from indextts2_jax.train.tasks import PipelineTask, converted_component_file, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import compute_dtype, latest_params, load_params, save_params
 
 log = logging.getLogger("indextts2_jax.train")
@@ -410,14 +410,10 @@ def prepare_init_from(path: str | os.PathLike, workdir: str | os.PathLike,
     * any other path (an Orbax checkpoint) is returned as is.
     """
     src = Path(path)
-    out = (Path(workdir) / "init_from_bigvgan").resolve()
-    meta = src / "converted.json"
     pt = src / "bigvgan_generator.pt" if src.is_dir() else src
-    if meta.is_file():
-        comp = json.loads(meta.read_text()).get("components", {}).get("bigvgan")
-        if comp is None:
-            raise ConfigError(f"{src}: the converted checkpoint holds no 'bigvgan' component")
-        load = functools.partial(load_params, src / comp["file"])
+    file = converted_component_file(src, "bigvgan")
+    if file is not None:
+        load = functools.partial(load_params, file)
     elif pt.is_file() and pt.suffix in (".pt", ".pth"):
         from indextts2_jax.convert.official import _read_torch
         from indextts2_jax.models import bigvgan
@@ -431,14 +427,7 @@ def prepare_init_from(path: str | os.PathLike, workdir: str | os.PathLike,
         load = functools.partial(bigvgan.from_torch, _read_torch(pt), cfg)
     else:
         return str(path)
-    if not out.exists():
-        import orbax.checkpoint as ocp
-
-        params = load()
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(str(out), {"generator": jax.tree.map(lambda x: np.asarray(x, np.float32), params)})
-        ckptr.wait_until_finished()
-    return str(out)
+    return write_init_checkpoint(Path(workdir) / "init_from_bigvgan", "generator", load)
 
 
 def export_generator_params(workdir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
