@@ -43,6 +43,7 @@ import numpy as np
 from indextts2_jax.convert.state_dict import StateDict, check_params_match
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.nn import vq
+from indextts2_jax.nn.depthwise import DepthwiseConv1D
 
 __all__ = [
     "SemanticCodecConfig",
@@ -111,6 +112,11 @@ class SemanticCodecConfig:
 
 
 def _conv(features, kernel, groups, name, dtype, param_dtype, axes):
+    if groups == features and groups > 1:  # depthwise: shifted sums (see indextts2_jax.nn.depthwise)
+        return DepthwiseConv1D(
+            features, kernel, (kernel // 2, kernel // 2), dtype=dtype, param_dtype=param_dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02), axes),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)), name=name)
     return nn.Conv(
         features,
         kernel_size=(kernel,),

@@ -39,6 +39,7 @@ import numpy as np
 
 from indextts2_jax.convert.state_dict import StateDict, check_params_match, strip_prefix
 from indextts2_jax.errors import CheckpointError, ConfigError
+from indextts2_jax.nn.depthwise import DepthwiseConv1D
 
 __all__ = [
     "W2VBertConfig",
@@ -259,11 +260,10 @@ class ConvolutionModule(nn.Module):
         h = _dense(2 * c.hidden_size, ("embed", "mlp"), "pointwise_conv1", False, self.dtype, self.param_dtype)(h)
         value, gate = jnp.split(h, 2, axis=-1)
         h = value * jax.nn.sigmoid(gate)
-        h = nn.Conv(
+        h = DepthwiseConv1D(
             c.hidden_size,
-            kernel_size=(k,),
-            padding=((k - 1, 0),),
-            feature_group_count=c.hidden_size,
+            k,
+            (k - 1, 0),
             use_bias=False,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -28,6 +28,7 @@ import numpy as np
 
 from indextts2_jax.convert.state_dict import StateDict
 from indextts2_jax.errors import CheckpointError, ConfigError
+from indextts2_jax.nn.depthwise import DepthwiseConv1D
 
 LN_EPS = 1e-5
 
@@ -176,11 +177,10 @@ class ConvolutionModule(nn.Module):
         value, gate = jnp.split(x, 2, axis=-1)
         x = value * jax.nn.sigmoid(gate)
         pad = (self.kernel_size - 1) // 2
-        x = nn.Conv(
+        x = DepthwiseConv1D(
             self.channels,
-            kernel_size=(self.kernel_size,),
-            padding=[(pad, pad)],
-            feature_group_count=self.channels,
+            self.kernel_size,
+            (pad, pad),
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("kernel", "conv_in", "conv_out")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
             name="depthwise_conv",
