@@ -204,6 +204,9 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.vocoder.lr_decay = 0.9999996  # exponential decay per step (BigVGAN v2 steps its scheduler per step)
     c.vocoder.warmup_steps = 0  # linear warm-up before the decay (official: none)
     c.vocoder.grad_clip_norm = 500.0  # clip_grad_norm: generator, MPD and CQTD/MRD clipped separately
+    # Generator conv init from scratch: "official" N(0, 0.01), or "fan_in" (lecun normal) for narrow
+    # generators, whose official-init output is so small that the mel loss has no gradient (BigVGAN.init_std).
+    c.vocoder.generator_init = "official"
     c.vocoder.lambda_mel = 15.0  # lambda_melloss (multi-scale mel L1)
     c.vocoder.lambda_adv = 1.0  # LSGAN generator loss weight
     c.vocoder.lambda_fm = 1.0  # feature matching weight (the loss itself carries BigVGAN's factor 2)

@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 32-frame crops (8192 samples), narrow discriminators, a short mel-loss ladder: minutes on 2 CPU cores
         # (the generator is aux.bigvgan below).
         c.vocoder.segment_frames = 32
+        c.vocoder.generator_init = "fan_in"  # 64 channels: the official N(0, 0.01) starts at ~1e-9 output
         c.vocoder.learning_rate = 5e-4
         c.vocoder.discriminator_learning_rate = 5e-4
         c.vocoder.mel_loss_windows = (32, 64, 128, 256, 512, 1024)

@@ -190,7 +190,7 @@ class ConvTranspose1d(nn.Module):
     kernel_size: int
     stride: int
     padding: int = 0
-    init_std: float = 0.01
+    init_std: float | None = 0.01
     weight_norm: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -229,11 +229,12 @@ class AMPBlock1(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     precision: Any = None
+    init_std: float | None = 0.01
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                      weight_norm=self.weight_norm)
+                      weight_norm=self.weight_norm, init_std=self.init_std)
         for j, d in enumerate(self.dilations):
             act1 = SnakeActivation1d(self.channels, self.use_beta, self.logscale, param_dtype=self.param_dtype,
                                      name=f"activations_{2 * j}")
@@ -253,6 +254,12 @@ class BigVGAN(nn.Module):
     ``remat=True`` rematerialises each AMP block in the backward pass (training memory).
     ``weight_norm=True`` parametrises every conv as the official training does (``kernel`` = v, ``gain`` = g);
     :func:`remove_weight_norm` folds such params into the plain (inference) layout.
+    ``init_std``: kernels of the upsampling and AMP-block convs ~ N(0, init_std) at init, the official
+    0.01; None = fan-in scaled (lecun normal); ``conv_pre`` is always fan-in scaled and ``conv_post``
+    always N(0, 0.01) (as officially). Narrow generators need None: each upsampling conv multiplies
+    the signal by about ``0.01 * sqrt(2 C_in)``, so a 64-channel demo generator starts at ~1e-9
+    output, where the mel loss's ``log(max(mel, 1e-5))`` has zero gradient (the official 1536
+    channels start near 1e-4).
     """
 
     config: BigVGANConfig = BigVGANConfig()
@@ -261,29 +268,31 @@ class BigVGAN(nn.Module):
     precision: Any = None
     remat: bool = False
     weight_norm: bool = False
+    init_std: float | None = 0.01
 
     @nn.compact
     def __call__(self, mel: Array) -> Array:
         cfg = self.config
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
                       weight_norm=self.weight_norm)
+        inits = dict(init_std=self.init_std)
         use_beta = cfg.activation == "snakebeta"
         block_cls = nn.remat(AMPBlock1) if self.remat else AMPBlock1
         x = Conv1d(cfg.upsample_initial_channel, 7, init_std=None, name="conv_pre", **common)(mel.astype(self.dtype))
         n_kernels = len(cfg.resblock_kernel_sizes)
         for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
             ch = cfg.stage_channels(i)
-            x = ConvTranspose1d(ch, k, u, (k - u) // 2, name=f"ups_{i}", **common)(x)
+            x = ConvTranspose1d(ch, k, u, (k - u) // 2, name=f"ups_{i}", **common, **inits)(x)
             x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
             total = None
             for j, (rk, rd) in enumerate(zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)):
                 y = block_cls(ch, rk, tuple(rd), use_beta, cfg.snake_logscale, name=f"resblocks_{i * n_kernels + j}",
-                              **common)(x)
+                              **common, **inits)(x)
                 total = y if total is None else total + y
             x = total / n_kernels
         x = SnakeActivation1d(x.shape[-1], use_beta, cfg.snake_logscale, param_dtype=self.param_dtype,
                               name="activation_post")(x)
-        x = Conv1d(1, 7, use_bias=cfg.use_bias_at_final, name="conv_post", **common)(x)
+        x = Conv1d(1, 7, use_bias=cfg.use_bias_at_final, name="conv_post", **common)(x)  # N(0, 0.01): quiet start
         x = x.astype(jnp.float32)[..., 0]
         return jnp.tanh(x) if cfg.use_tanh_at_final else jnp.clip(x, -1.0, 1.0)
 

@@ -154,8 +154,12 @@ class VocoderTask(PipelineTask):
         self.dtype = compute_dtype(config)
         param_dtype = jnp.dtype(str(config.get("param_dtype", "float32")))
         self.weight_norm = bool(v.weight_norm)
+        inits = {"official": 0.01, "fan_in": None}
+        if str(v.get("generator_init", "official")) not in inits:
+            raise ConfigError(f"vocoder.generator_init={v.generator_init!r}: expected one of {sorted(inits)}")
         self.generator = BigVGAN(self.generator_config, dtype=self.dtype, param_dtype=param_dtype,
-                                 remat=bool(v.remat), weight_norm=self.weight_norm)
+                                 remat=bool(v.remat), weight_norm=self.weight_norm,
+                                 init_std=inits[str(v.get("generator_init", "official"))])
         self.discriminator = VocoderDiscriminator(self.discriminator_config, dtype=self.dtype,
                                                   param_dtype=param_dtype)
         self._sample = None
