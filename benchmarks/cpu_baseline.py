@@ -31,20 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import call_times
+
 STAGES = ("w2v_bert", "codec", "campplus", "speaker_cond", "emotion_cond", "gpt_prefill", "gpt_greedy",
           "gpt_greedy_500", "gpt_beam3", "gpt_beam3_500", "gpt_latent", "s2mel_step", "s2mel", "bigvgan")
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(first call seconds = compile + run, median of ``repeats`` later calls)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
+    first, times = call_times(fn, repeats)
     return first, statistics.median(times)
 
 

@@ -21,7 +21,6 @@ CPU; the device's ``peak_bytes_in_use`` on accelerators).
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import peak_memory_bytes
 from indextts2_jax.infer.generate import DecodeConfig, _generate_jit, _split
 from indextts2_jax.models.gpt import ConditionModuleConfig, UnifiedVoice, UnifiedVoiceConfig, abstract_params
 
@@ -58,12 +58,8 @@ def random_params(cfg: UnifiedVoiceConfig, seed: int = 0) -> dict:
 
 
 def peak_memory() -> str:
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        stats = dev.memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            return f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB (device)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
+    value, kind = peak_memory_bytes()
+    return f"{value / 2**30:.2f} GiB ({'device' if kind == 'device' else 'RSS'})"
 
 
 def compile_program(model, settings: DecodeConfig, inputs: tuple):

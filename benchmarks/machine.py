@@ -14,15 +14,12 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks.common import call_times
+
 
 def _best_time(fn, *args, repeats: int = 5) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best of ``repeats`` calls after a warm-up call."""
+    return min(call_times(lambda: fn(*args), repeats)[1])
 
 
 def copy_bandwidth(num_bytes: int = 1 << 30, repeats: int = 5) -> float:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import print_table
 from indextts2_jax.models import s2mel
 
 
@@ -106,15 +107,6 @@ def bench_cfm(config: s2mel.S2MelConfig, target_frames: int = 860, prompt_frames
         "peak mem (MiB)": (peak / 2**20) if peak else float("nan"),
         "max RSS (MiB)": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---" for _ in cols) + "|")
-    for r in rows:
-        print("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ Tiny size (seconds on a laptop CPU): ``python -m benchmarks.semantic --size tiny
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import call_times, peak_memory_bytes
 from indextts2_jax.models import semantic_codec as sc
 from indextts2_jax.models import w2v_bert
 
@@ -53,12 +53,7 @@ SIZES = {
 }
 
 
-def _peak_bytes() -> tuple[float, str]:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return float(stats["peak_bytes_in_use"]), "device"
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return float(rss_kib) * 1024, "max_rss"
+_peak_bytes = peak_memory_bytes
 
 
 def _count(tree) -> int:
@@ -84,13 +79,8 @@ def _build_fns(w2v_cfg, codec_cfg, dtype):
 
 
 def _time(compiled, args, repeats: int) -> float:
-    jax.block_until_ready(compiled(*args))  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best of ``repeats`` calls after a warm-up call."""
+    return min(call_times(lambda: compiled(*args), repeats)[1])
 
 
 def run(size: str, batches, seconds: float, dtype_name: str, repeats: int, stages) -> list[dict]:

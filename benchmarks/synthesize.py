@@ -20,7 +20,6 @@ seconds, RTF = wall / audio seconds, peak memory (device ``peak_bytes_in_use`` o
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -29,17 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import peak_memory_bytes
+
 STAGE_COLUMNS = ("prompt", "conditioning", "generation", "latent", "s2m", "vocoder")
 TEXT = ("The quick brown fox jumps over the lazy dog, and every morning we walk to the river to watch "
         "the boats go by.")
 
 
 def _peak_memory_gb() -> tuple[float, str]:
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**30, "device peak"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "max RSS"
+    value, kind = peak_memory_bytes()
+    return value / 2**30, {"device": "device peak", "max_rss": "max RSS"}[kind]
 
 
 def _prompt(path: Path, seconds: float, seed: int = 0) -> str:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import call_times, print_table
 from indextts2_jax.models import bigvgan, campplus
 
 
@@ -59,12 +60,7 @@ def _time(fn, args, repeats: int) -> tuple[float, float, object]:
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
+    _, times = call_times(lambda: compiled(*args), repeats)  # after a warm-up call
     return compile_s, min(times), compiled
 
 
@@ -108,15 +104,6 @@ def bench_bigvgan(config: bigvgan.BigVGANConfig, frames: int = 861, dtype=jnp.fl
     audio_s = bigvgan.synthesis_seconds(frames, config)
     return _row("BigVGAN v2", f"mel (1,{frames},{config.num_mels})", params, compile_s, best, audio_s, compiled,
                 dtype)
-
-
-def print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---" for _ in cols) + "|")
-    for r in rows:
-        print("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
 
 
 def main() -> None:
