@@ -349,6 +349,18 @@ class IndexTTS2:
     def _bucket(self, n: int, minimum: int) -> int:
         return bucket_size(n, minimum, self.buckets)
 
+    FRAME_STEP = 64
+
+    def _frame_bucket(self, n: int, minimum: int) -> int:
+        """Mel-frame lengths of S2M and the vocoder: :meth:`_bucket` up to 512 frames, then multiples of
+        ``FRAME_STEP`` (64 frames, 0.74 s). Their cost grows with every padded frame (the DiT's attention
+        quadratically): a 10 s prompt mel plus 10 s of output, 861 + 860 frames, ran as 1024 + 1024 with
+        the power-of-two buckets (S2M 127 s on the 2-core CPU) and runs as 896 + 896 here. Lengths above
+        512 compile once per 64-frame step."""
+        if self.buckets or n <= 512:
+            return self._bucket(n, minimum)
+        return -(-int(n) // self.FRAME_STEP) * self.FRAME_STEP
+
     # -- prompts -----------------------------------------------------------------------------
     def _semantic(self, wave_22k: np.ndarray | None, wave_16k: np.ndarray | None) -> tuple[jax.Array, int]:
         """The prompt's semantic features (1, Tb, H), bucket-padded, and their true length T.
@@ -382,7 +394,7 @@ class IndexTTS2:
         S_ref = self._codec(self.params, emb, mask)
         mel = np.asarray(audio_lib.mel_spectrogram(wav_22k[None], self.cfg.mel))  # (1, P, n_mels)
         p = mel.shape[1]
-        pb = self._bucket(p, 64)
+        pb = self._frame_bucket(p, 64)
         mel = np.pad(mel, ((0, 0), (0, pb - p), (0, 0)))
         fbank = audio_lib.campplus_features(wav_16k[None])
         style_vec = np.asarray(self._style(self.params, fbank), np.float32)
@@ -691,14 +703,14 @@ class IndexTTS2:
         t0 = time.perf_counter()
         spks = [spk_feats[r["job"]] for r in rows]
         sb = self._bucket(max(s.S_ref.shape[1] for s in spks), 32)
-        pb = self._bucket(max(s.ref_mel.shape[1] for s in spks), 64)
+        pb = self._frame_bucket(max(s.ref_mel.shape[1] for s in spks), 64)
         S_ref = jnp.concatenate([jnp.pad(s.S_ref, ((0, 0), (0, sb - s.S_ref.shape[1]), (0, 0))) for s in spks], 0)
         ref_mel = jnp.concatenate([jnp.pad(s.ref_mel, ((0, 0), (0, pb - s.ref_mel.shape[1]), (0, 0))) for s in spks], 0)
         S_ref_lens = np.array([s.length for s in spks], np.int32)
         ref_lens = np.array([s.mel_length for s in spks], np.int32)
         style_vec = np.concatenate([s.style for s in spks], 0)
         target_lens = self.cfg.s2mel.target_frames(code_lens).astype(np.int32)
-        g_max = self._bucket(int(target_lens.max()), 32)
+        g_max = self._frame_bucket(int(target_lens.max()), 32)
         keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(r["seed"]), 1), r["seg"])
                           for r in rows])
         mel = self._s2m(self.params, S_ref, jnp.asarray(S_ref_lens), ref_mel, jnp.asarray(ref_lens),
@@ -715,7 +727,7 @@ class IndexTTS2:
                 w = self._vocode(self.params, jnp.asarray(mel[i: i + 1, : target_lens[i]]))
                 waves.append(np.asarray(w)[0])
         else:
-            fb = self._bucket(int(target_lens.max()) + self.vocoder_margin, 32)
+            fb = self._frame_bucket(int(target_lens.max()) + self.vocoder_margin, 32)
             padded = np.full((b, fb, mel.shape[2]), SILENCE_LOG_MEL, np.float32)
             for i in range(b):
                 padded[i, : target_lens[i]] = mel[i, : target_lens[i]]
