@@ -501,7 +501,8 @@ class Bench:
             return mel[:, :, s["ref_mel"].size(-1):]
 
         med, times, out = self.timed(run)
-        self.add("s2m", f"500 codes, 258-frame prompt, {DIFFUSION_STEPS} steps CFG {CFG_RATE} -> {tuple(out.shape)}",
+        self.add("s2m", f"500 codes, {PROMPT_MEL_FRAMES}-frame prompt, {DIFFUSION_STEPS} steps CFG {CFG_RATE} "
+                 f"-> {tuple(out.shape)}",
                  med, times, baseline="39.1")
 
     def stage_bigvgan(self):
@@ -535,8 +536,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="official config.yaml (default: see docstring)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows and the run's context here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt_mel_frames", type=int, default=PROMPT_MEL_FRAMES,
+                        help="S2M prompt mel frames (258 = the baseline's 3 s; 861 = a whole 10 s prompt, as "
+                             "infer_v2 end to end)")
     parser.add_argument("--no_malloc_tuning", action="store_true", help="leave glibc malloc at its defaults")
     args = parser.parse_args()
+    globals()["PROMPT_MEL_FRAMES"] = args.prompt_mel_frames
 
     if not args.no_malloc_tuning:
         _reexec_with_malloc_env()
