@@ -187,6 +187,8 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.s2mel.semantic_frame_rate = 0.0  # Hz of the semantic features/codes; 0 = from the shards (w2v-BERT: 50)
     c.s2mel.sample_steps = 4  # Euler steps of the eval mel sample (cheap)
     c.s2mel.sample_cfg_rate = 0.7
+    # BigVGAN for audio samples at eval (a vocoder-stage workdir or generator params msgpack; "" = mel images only)
+    c.s2mel.vocoder_checkpoint = ""
 
     # Vocoder stage (indextts2_jax/train/tasks/vocoder.py): BigVGAN v2 GAN training. The generator is
     # ``config.aux.bigvgan`` (official keys); these are the official BigVGAN v2 (22 kHz, 80 band, 256x)

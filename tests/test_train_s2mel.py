@@ -201,7 +201,7 @@ def test_gpt_latent_with_in_step_codec_and_demo_campplus(data, started, tmp_path
     assert float(metrics["gpt_latent_used"]) == 1.0 and np.isfinite(float(metrics["cfm_loss"]))
 
 
-def test_eval_mel_sample_and_image(data, started):
+def test_eval_mel_sample_and_image(data, started, tmp_path):
     """write_samples: a short Euler sampling of the first eval example, the prompt frames kept, written as a
     (1, 2 * 80 + 2, T) image (truth on top) plus its L1."""
     from indextts2_jax.models.s2mel import abstract_params
@@ -226,9 +226,36 @@ def test_eval_mel_sample_and_image(data, started):
         def add_scalar(self, *a, **k):
             self.calls.append(("scalar", a, k))
 
+        def add_audio(self, *a, **k):
+            self.calls.append(("audio", a, k))
+
     w = Writer()
     task.write_samples(params, w, 5)
     assert [x[0] for x in w.calls] == ["image", "scalar"] and w.calls[0][2] == {"dataformats": "CHW"}
+
+    # with a vocoder at hand (s2mel.vocoder_checkpoint): the predicted and the true mel as audio too. The
+    # BigVGAN itself is stood in for (its compile would cost the suite ~30 s; it has its own tests); the
+    # checkpoint loader is the real one.
+    from indextts2_jax.train.tasks.codec import save_params
+    from indextts2_jax.train.tasks.vocoder import load_generator_params
+
+    gen = {"conv_pre": {"kernel": np.ones((7, 80, 4), np.float32), "bias": np.zeros(4, np.float32)}}
+    path = save_params(gen, tmp_path / "bigvgan.msgpack")
+    jax.tree.map(np.testing.assert_array_equal, load_generator_params(path), gen)
+    with pytest.raises(FileNotFoundError, match="neither a vocoder-stage workdir"):
+        load_generator_params(tmp_path / "missing")
+    task.config.s2mel.vocoder_checkpoint = str(path)
+    seen = []
+    task._vocoder = lambda m: (seen.append(np.asarray(m)), np.zeros((1, m.shape[1] * 256), np.float32))[1]
+    w = Writer()
+    task.write_samples(params, w, 6)
+    assert [(x[0], x[1][0]) for x in w.calls[2:]] == [("audio", "s2mel/audio_pred"), ("audio", "s2mel/audio_true_mel")]
+    assert seen[0][0].shape == pred.shape  # this step's sample (its noise follows the step)
+    np.testing.assert_array_equal(seen[0][0][:prompt], gt[:prompt])
+    np.testing.assert_array_equal(seen[1][0], gt)
+    for _, (_tag, wave, step), kw in w.calls[2:]:
+        assert wave.shape == (gt.shape[0] * 256,) and step == 6
+        assert kw == {"sample_rate": int(task.config.aux.bigvgan.sampling_rate)}
 
 
 def test_demo_campplus_is_reproducible_and_seed_independent(data):

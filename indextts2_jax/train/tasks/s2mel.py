@@ -196,6 +196,7 @@ class S2melTask(PipelineTask):
             self._campplus_vars = jax.tree.map(jnp.asarray, demo_campplus_params(config))
         self._sample_batch = None
         self._sample_fn = None
+        self._vocoder = None
 
     # -- data -----------------------------------------------------------------------------------
     @property
@@ -394,6 +395,25 @@ class S2melTask(PipelineTask):
         writer.add_image("s2mel/mel_true_top_pred_bottom", mel_image(gt, pred), step, dataformats="CHW")
         l1 = float(np.mean(np.abs(gt - pred)))
         writer.add_scalar("eval/sample_mel_l1", l1, step)
+        if self.config.s2mel.get("vocoder_checkpoint"):
+            sr = int(self.config.aux.bigvgan.sampling_rate)
+            for tag, mel in (("s2mel/audio_pred", pred), ("s2mel/audio_true_mel", gt)):
+                writer.add_audio(tag, self.vocode(mel), step, sample_rate=sr)
+
+    def vocode(self, mel: np.ndarray) -> np.ndarray:
+        """(T, n_mels) log-mel -> (T * hop,) float32 waveform with ``s2mel.vocoder_checkpoint``'s BigVGAN."""
+        from indextts2_jax.train.tasks.gpt import _no_mesh
+
+        if self._vocoder is None:
+            from indextts2_jax.models.bigvgan import BigVGAN, BigVGANConfig
+            from indextts2_jax.train.tasks.vocoder import load_generator_params
+
+            gen = BigVGAN(BigVGANConfig.from_official(dict(self.config.aux.bigvgan)))
+            params = jax.tree.map(jnp.asarray, load_generator_params(str(self.config.s2mel.vocoder_checkpoint)))
+            fn = jax.jit(lambda p, m: gen.apply({"params": p}, m))
+            self._vocoder = lambda m: fn(params, m)
+        with _no_mesh():
+            return np.asarray(self._vocoder(jnp.asarray(mel, jnp.float32)[None]), np.float32)[0]
 
 
 def mel_image(*mels: np.ndarray) -> np.ndarray:

@@ -434,19 +434,34 @@ def prepare_init_from(path: str | os.PathLike, workdir: str | os.PathLike,
     return write_init_checkpoint(Path(workdir) / "init_from_bigvgan", "generator", load)
 
 
+def load_generator_params(path: str | os.PathLike) -> Any:
+    """Plain-layout generator params (weight norm folded) from a vocoder-stage workdir (its latest
+    checkpoint) or a generator params msgpack (:func:`export_generator_params`' output, or a converted
+    checkpoint's ``params/bigvgan.msgpack``)."""
+    p = Path(path)
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        gen = latest_params(p)[1]["generator"]
+    elif p.is_file():
+        gen = load_params(p)
+        gen = gen.get("generator", gen) if isinstance(gen, Mapping) else gen
+    else:
+        raise FileNotFoundError(f"{str(path)!r}: neither a vocoder-stage workdir (with checkpoints/) nor a "
+                                "generator params file")
+    if not (isinstance(gen, Mapping) and "conv_pre" in gen):
+        raise ConfigError(f"{str(path)!r} holds no BigVGAN generator params")
+    return remove_weight_norm(gen) if _is_weight_normed(gen) else gen
+
+
 def export_generator_params(workdir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
     """The latest vocoder checkpoint's generator, weight norm folded (the plain layout of
     ``bigvgan.from_torch`` and of a converted checkpoint's ``params/bigvgan.msgpack``), as flax msgpack
     (default ``<workdir>/bigvgan_params.msgpack``)."""
-    _, params = latest_params(workdir)
-    gen = params["generator"]
-    if _is_weight_normed(gen):
-        gen = remove_weight_norm(gen)
-    return save_params(gen, out_path or Path(workdir) / GENERATOR_PARAMS_FILE)
+    return save_params(load_generator_params(workdir), out_path or Path(workdir) / GENERATOR_PARAMS_FILE)
 
 
 __all__ = [
     "GENERATOR_PARAMS_FILE",
+    "load_generator_params",
     "VocoderTask",
     "add_weight_norm",
     "discriminator_config_from",
