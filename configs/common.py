@@ -150,6 +150,7 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.codec_checkpoint = ""  # codec params (.msgpack, from the codec stage) when the shards hold no codes
     c.gpt = ml_collections.ConfigDict()
     c.gpt.condition_input_size = 1024  # prompt feature width (w2v-BERT); our extension of UnifiedVoice
+    c.gpt.emotion_dim = 1024  # emotion perceiver width (official: 1024); our extension of UnifiedVoice
     c.gpt.duration_control = False  # train the paper's duration slot p (True: target_tokens = code count)
     c.gpt.duration_drop_prob = 0.3  # p zeroed per example with this probability (paper)
     c.gpt.text_weight = 0.01

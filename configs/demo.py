@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prompt_frames = 128
     c.data.prompt_min_frames = 32
     c.gpt.condition_input_size = 160  # the stacked-mel stand-in for w2v-BERT features
+    c.gpt.emotion_dim = 64 * s  # the emotion perceiver at the model width (official 1024: 9.5M params)
     c.gpt.classifier_hidden = 64
     c.codec.kmeans_batches = 2
     if args.stage == "gpt":

@@ -24,6 +24,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from indextts2_jax.jsonl import iter_jsonl
+
 __all__ = [
     "ManifestError",
     "Utterance",
@@ -138,22 +140,15 @@ def read_manifest(path: str | os.PathLike, *, resolve_paths: bool = True) -> lis
     base = path.resolve().parent
     out: list[Utterance] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            utt = validate_utterance(d, where)
-            if utt.id in seen:
-                raise ManifestError(f"{where}: duplicate id {utt.id!r} (first on line {seen[utt.id]})")
-            seen[utt.id] = lineno
-            if resolve_paths and not os.path.isabs(utt.audio_path):
-                utt = dataclasses.replace(utt, audio_path=str(base / utt.audio_path))
-            out.append(utt)
+    for lineno, d in iter_jsonl(path, ManifestError):
+        where = f"{path}:{lineno}"
+        utt = validate_utterance(d, where)
+        if utt.id in seen:
+            raise ManifestError(f"{where}: duplicate id {utt.id!r} (first on line {seen[utt.id]})")
+        seen[utt.id] = lineno
+        if resolve_paths and not os.path.isabs(utt.audio_path):
+            utt = dataclasses.replace(utt, audio_path=str(base / utt.audio_path))
+        out.append(utt)
     return out
 
 

@@ -472,6 +472,7 @@ def assets_from_workdirs(paths, *, bpe_model: str | os.PathLike | None = None, c
     config.inference = mlc.ConfigDict(gpt_cfg.inference.to_dict())
     config.inference.semantic_features = front
     ext = {"condition_input_size": int(_section(gpt_cfg, "gpt.condition_input_size") or 1024),
+           "emotion_dim": int(_section(gpt_cfg, "gpt.emotion_dim") or 1024),
            "duration_control": bool(_section(gpt_cfg, "gpt.duration_control") or False)}
     config.extensions = mlc.ConfigDict({"gpt": ext})
     cc = component_configs(config)

@@ -6,7 +6,6 @@ tests/test_train_*.py on synthetic shards; this test checks that the recipe chai
 that synthesizes, and that a re-run resumes instead of rebuilding."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from experiments import demo
+from tests.subproc import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ _RUN = textwrap.dedent(
 def test_demo_recipe_end_to_end_smallest(tmp_path):
     # Its own process, compiled with LLVM -O0: the ~10 programs of the recipe compile in a fraction of
     # the time and run for a few steps only (the stages' numerics are tested in tests/test_train_*.py).
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+    env = cpu_env()
     proc = subprocess.run([sys.executable, "-c", _RUN, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -159,7 +159,8 @@ def test_bundle_from_workdirs_holds_the_stages(recipe_root, bundle_dir):
     assert set(meta["components"]) == {"gpt", "s2mel", "semantic_codec", "campplus", "bigvgan"}
     assert set(meta["files"]) == {"bpe_model"}  # no w2v-BERT stats, no emotion matrices
     assert meta["config"]["inference"]["semantic_features"] == "mel"
-    assert meta["config"]["extensions"]["gpt"] == {"condition_input_size": 160, "duration_control": False}
+    assert meta["config"]["extensions"]["gpt"] == {"condition_input_size": 160, "emotion_dim": 64,
+                                                  "duration_control": False}
     for i, stage in enumerate(STAGES):
         assert f"{stage}=" in meta["source"] and f"@{5 + i}" in meta["source"]
     bundle = load_bundle(bundle_dir)

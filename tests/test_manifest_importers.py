@@ -46,6 +46,7 @@ def test_manifest_roundtrip_relative_paths(tmp_path):
     ('{"id": "x", "audio_path": "a.wav", "text": "t", "speaker": "s", "colour": 1}', "unknown field"),
     ('{"id": 3, "audio_path": "a.wav", "text": "t", "speaker": "s"}', "'id' must be a string"),
     ('{"id": "x", "audio_path": "a.wav", "text": "t", "speaker": "s"', "not valid JSON"),
+    ('["x", "a.wav"]', "expected a JSON object, got list"),
 ])
 def test_manifest_errors_name_the_line(tmp_path, line, match):
     m = tmp_path / "bad.jsonl"
@@ -165,3 +166,16 @@ def test_importer_cli(tmp_path):
     out = tmp_path / "m.jsonl"
     assert importers.main(["folder", str(root), "--out", str(out)]) == 0
     assert read_manifest(out)[0].speaker == "corpus"
+
+
+def test_job_files_share_the_jsonl_reader(tmp_path):
+    from indextts2_jax.errors import ConfigError
+    from indextts2_jax.eval import load_jobs
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"wav": "out/a.wav", "text": "hi"}\n\n{"wav": "b.wav", "text": "x"\n')
+    with pytest.raises(ConfigError, match="jobs.jsonl:3: not valid JSON"):
+        load_jobs(jobs)
+    jobs.write_text('{"wav": "out/a.wav", "text": "hi", "prompt": "p.wav"}\n')
+    (item,) = load_jobs(jobs)
+    assert item.wav == str(tmp_path / "out/a.wav") and item.prompt == str(tmp_path / "p.wav")

@@ -3,7 +3,6 @@ few GPT-stage steps through the real launcher and checkpoint together; a one-pro
 then restores that checkpoint (state and data position) and continues."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+
+from tests.subproc import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,8 +50,7 @@ def setup(tmp_path_factory):
 
 
 def _launch(setup, workdir, steps, mesh, devices, *extra):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               TINY_SHARDS=str(setup["shards"]), TINY_CODEC=str(setup["codec"]), TINY_MESH=mesh)
+    env = cpu_env(devices, TINY_SHARDS=str(setup["shards"]), TINY_CODEC=str(setup["codec"]), TINY_MESH=mesh)
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     cmd = [sys.executable, "-m", "experiments.train", "--config", f"{setup['config']}:{steps}", "--workdir",
            str(workdir), *extra]

@@ -1,6 +1,5 @@
 """Mesh construction and shardings from logical axis names, on simulated CPU devices."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import pytest
 
 from indextts2_jax import sharding
 from indextts2_jax.errors import ConfigError
+from tests.subproc import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ _MULTI = textwrap.dedent(
 
 
 def test_shardings_on_eight_simulated_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_env(8)
     r = subprocess.run([sys.executable, "-c", _MULTI], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr

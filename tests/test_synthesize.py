@@ -6,6 +6,7 @@ jitted stages compile once per shape bucket; greedy decoding with few codes keep
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -317,6 +318,7 @@ def test_bucketed_stages_equal_unpadded(tts, prompts):
     # the conditioning encoders run on the exact prompt length (infer_v2's numbers), cached per prompt pair
     emo = tts.emotion_features(prompts["spk"])
     key = ("cond", pipeline._file_key("speaker", prompts["spk"]), pipeline._file_key("emotion", prompts["spk"]))
+    tts._resolve_job({"speaker_prompt": prompts["spk"]}, {}, collections.defaultdict(float))  # fills the cache
     cached = tts.prompt_cache[key]
     ref_cond = tts._conditioning(tts.params, exact, lens, emo.emb[:, : emo.length], jnp.array([emo.length]))
     for a, b in zip(cached, ref_cond):
@@ -330,16 +332,21 @@ def test_bucketed_stages_equal_unpadded(tts, prompts):
     lat = rng.normal(size=(1, m, cfg.gpt.model_dim)).astype(np.float32)
     keys = jax.random.PRNGKey(5)[None]
     mb, gb = 32, pipeline.bucket_size(g, 32)
-    got = tts._s2m(tts.params, spk.S_ref, lens, spk.ref_mel, jnp.array([spk.mel_length]), jnp.asarray(spk.style),
-                   jnp.asarray(np.pad(lat, ((0, 0), (0, mb - m), (0, 0)))),
-                   jnp.asarray(np.pad(codes, ((0, 0), (0, mb - m)))), jnp.array([m]), jnp.array([g]), keys, g_max=gb)
-    p = spk.mel_length
+    p, pb = spk.mel_length, spk.ref_mel.shape[1]
+    # the CFM length: the pipeline's packed bucket of prompt + target, and the loosest, pb + gb
+    t_lens = sorted({max(pb, min(tts._frame_bucket(p + g, 64), pb + gb)), pb + gb})
+    assert len(t_lens) == 2, (p, pb, g, gb)
+    outs = [tts._s2m(tts.params, spk.S_ref, lens, spk.ref_mel, jnp.array([p]), jnp.asarray(spk.style),
+                     jnp.asarray(np.pad(lat, ((0, 0), (0, mb - m), (0, 0)))),
+                     jnp.asarray(np.pad(codes, ((0, 0), (0, mb - m)))), jnp.array([m]), jnp.array([g]), keys,
+                     g_max=gb, t_len=t_len) for t_len in t_lens]
     noise = pipeline._frame_noise(keys, jnp.array([p]), p + g, cfg.s2mel.n_mels)
     code_emb = semantic_codec.codec_vq2emb(tts.params["codec"], jnp.asarray(codes), cfg.codec)
     ref, frames = s2mel.synthesize_mel(tts.params["s2mel"], cfg.s2mel, spk.S_ref[:, :t], spk.ref_mel[:, :p],
                                        spk.style, lat, code_emb, n_steps=tts.diffusion_steps, cfg_rate=tts.cfg_rate,
                                        noise=noise)
     assert int(frames[0]) == g
-    got = np.asarray(got)
-    assert np.all(got[:, g:] == 0)
-    np.testing.assert_allclose(got[:, :g], np.asarray(ref), atol=1e-4 * float(np.max(np.abs(ref))), rtol=0)
+    for got in outs:
+        got = np.asarray(got)
+        assert np.all(got[:, g:] == 0)
+        np.testing.assert_allclose(got[:, :g], np.asarray(ref), atol=1e-4 * float(np.max(np.abs(ref))), rtol=0)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.subproc import cpu_env
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
 
@@ -49,7 +51,7 @@ def shards(tmp_path_factory):
 
 
 def _spawn(workdir, shards, mesh="-1,1,1", devices=1, stop=0):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = cpu_env(devices)
     return subprocess.Popen([sys.executable, "-c", _RUN, str(workdir), str(shards), str(STEPS), mesh, str(stop)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

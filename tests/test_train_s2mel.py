@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.subproc import cpu_env
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 30  # runs stop here; total_steps (the schedule) is TOTAL, so no run reaches the final eval
 TOTAL = 100
@@ -106,9 +108,7 @@ def _random_tree(abstract, seed=0):
 
 def _spawn(data, workdir, steps=TOTAL, mesh="-1,1,1", devices=1, slow=0.0, stop=STEPS):
     # LLVM -O0: the compiles dominate these short runs (every run uses the same flags, so they compare exactly)
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
-               JAX_COMPILATION_CACHE_DIR=str(data["cache"]), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = cpu_env(devices, data["cache"])
     args = [str(workdir), str(data["shards"]), str(data["codec"]), str(steps), mesh, str(slow), str(stop),
             json.dumps(OVERRIDES)]
     return subprocess.Popen([sys.executable, "-c", _RUN, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,

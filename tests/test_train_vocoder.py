@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.subproc import cpu_env
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
 STOP = 6  # the interrupted run stops (and saves) here
@@ -94,9 +96,7 @@ def shards(tmp_path_factory):
 def _spawn(shards, jobs, cache_dir, mesh="-1,1,1", devices=1):
     # Compile-bound at these sizes: LLVM optimization level 0 compiles ~2x faster, and the persistent
     # compilation cache turns the later runs of a process (same programs) into cache hits.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
+    env = cpu_env(devices, cache_dir)
     return subprocess.Popen([sys.executable, "-c", _RUN, str(shards), mesh, *[f"{w}:{s}" for w, s in jobs]],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

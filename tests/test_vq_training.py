@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import Mesh
 
 from indextts2_jax.nn import vq
+from tests.subproc import cpu_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +105,7 @@ def test_sharded_nearest_code_four_simulated_devices():
         print("OK")
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = cpu_env(4)
     res = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
 
@@ -209,3 +210,17 @@ def test_replace_dead_codes():
     for row in (1, 3):
         assert any(np.array_equal(np.asarray(new[row]), f) for f in feats)
     assert not np.array_equal(np.asarray(new[1]), np.asarray(new[3]))  # distinct features
+
+
+def test_random_valid_rows():
+    valid = jnp.array([False, True, True, False, True, True, True, False])
+    picks, n_valid = vq.random_valid_rows(jax.random.key(3), valid, 5)
+    assert int(n_valid) == 5
+    assert sorted(np.asarray(picks).tolist()) == [1, 2, 4, 5, 6]  # distinct while count <= valid rows
+    picks, _ = vq.random_valid_rows(jax.random.key(3), valid, 12)  # more than valid: cycles
+    p = np.asarray(picks)
+    assert set(p.tolist()) == {1, 2, 4, 5, 6} and np.array_equal(p[:5], p[5:10])
+    draws = {tuple(np.asarray(vq.random_valid_rows(jax.random.key(s), valid, 2)[0])) for s in range(8)}
+    assert len(draws) > 1  # the key changes the draw
+    _, n_valid = vq.random_valid_rows(jax.random.key(0), jnp.zeros((4,), bool), 3)
+    assert int(n_valid) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from indextts2_jax.errors import ConfigError, InputError
+from indextts2_jax.jsonl import read_jsonl
 
 __all__ = ["ALL_METRICS", "EvalItem", "evaluate", "evaluate_run", "item_language", "items_from_dir", "load_jobs"]
 
@@ -73,14 +73,7 @@ def load_jobs(jobs: str | os.PathLike | Iterable[Mapping[str, Any] | EvalItem]) 
     if isinstance(jobs, (str, os.PathLike)):
         path = Path(jobs)
         base = path.parent
-        records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{lineno}: not JSON ({e})") from e
+        records = read_jsonl(path)
     else:
         records = list(jobs)
     items = []

@@ -6,7 +6,8 @@ One place for the wiring that conversion, export, random assets and the synthesi
 optionally ``extensions`` (our additions to the official config, written by the workdir export):
 
 * ``extensions.gpt``: ``condition_input_size`` (width of the prompt features the conditioning
-  conformers read; officially 1024 = w2v-BERT) and ``duration_control`` (the trained duration slot).
+  conformers read; officially 1024 = w2v-BERT), ``emotion_dim`` (the emotion perceiver's width; officially
+  1024) and ``duration_control`` (the trained duration slot).
 
 Semantic front-end (:func:`semantic_front_end`), ``inference.semantic_features``:
 
@@ -121,7 +122,7 @@ def component_configs(config) -> ComponentConfigs:
 
     Wiring beyond each section's own kwargs:
 
-    * GPT: ``extensions.gpt`` (``condition_input_size``, ``duration_control``) when present;
+    * GPT: ``extensions.gpt`` (``condition_input_size``, ``emotion_dim``, ``duration_control``) when present;
     * S2M ``gpt_layer``: input width = the GPT's ``model_dim``, output width = the length regulator's
       ``in_channels`` (officially 1280 -> 256 -> 128 -> 1024, both hard-coded there);
     * S2M frames per code: :data:`MEL_STACK` for the ``"mel"`` front-end, else
@@ -136,10 +137,10 @@ def component_configs(config) -> ComponentConfigs:
     ext = _get(_get(config, "extensions"), "gpt")
     if ext is not None:
         ext = _plain(ext)
-        unknown = set(ext) - {"condition_input_size", "duration_control"}
+        unknown = set(ext) - {"condition_input_size", "emotion_dim", "duration_control"}
         if unknown:
             raise ConfigError(f"extensions.gpt: unknown keys {sorted(unknown)}")
-        g = dataclasses.replace(g, **{k: (int(v) if k == "condition_input_size" else bool(v)) for k, v in ext.items()})
+        g = dataclasses.replace(g, **{k: (bool(v) if k == "duration_control" else int(v)) for k, v in ext.items()})
     s = s2mel.S2MelConfig.from_official(_plain(model.s2mel))
     if front_end == "mel":
         ratio = float(MEL_STACK)

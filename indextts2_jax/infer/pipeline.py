@@ -61,6 +61,7 @@ from indextts2_jax.errors import ConfigError, IndexTTS2Error, ModelDirectoryErro
 from indextts2_jax.infer.assets import ModelAssets
 from indextts2_jax.infer.configs import ComponentConfigs, component_configs
 from indextts2_jax.infer.generate import DecodeConfig, generate
+from indextts2_jax.jsonl import read_jsonl
 from indextts2_jax.models import bigvgan, campplus, gpt, s2mel, semantic_codec, w2v_bert
 from indextts2_jax.nn.gpt2 import causal_mask
 from indextts2_jax.text.tokenizer import TextTokenizer
@@ -330,9 +331,10 @@ class IndexTTS2:
                             method=_packed_latent).astype(jnp.float32)
 
         def s2m(params, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat, codes, code_lens, target_lens,
-                noise_keys, g_max):
+                noise_keys, g_max, t_len):
             return _s2m_stage(params, c.s2mel, c.inference_codec, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat,
-                              codes, code_lens, target_lens, noise_keys, g_max, self.diffusion_steps, self.cfg_rate, dt)
+                              codes, code_lens, target_lens, noise_keys, g_max, t_len, self.diffusion_steps,
+                              self.cfg_rate, dt)
 
         def vocode(params, mel):
             return voc_model.apply({"params": params["bigvgan"]}, mel)
@@ -343,7 +345,7 @@ class IndexTTS2:
         self._conditioning = self._counted_jit("conditioning", conditioning)
         self._cond_block = self._counted_jit("conditioning_block", cond_block)
         self._latent = self._counted_jit("latent", latent)
-        self._s2m = self._counted_jit("s2m", s2m, static_argnames=("g_max",))
+        self._s2m = self._counted_jit("s2m", s2m, static_argnames=("g_max", "t_len"))
         self._vocode = self._counted_jit("vocoder", vocode)
 
     def _bucket(self, n: int, minimum: int) -> int:
@@ -711,11 +713,14 @@ class IndexTTS2:
         style_vec = np.concatenate([s.style for s in spks], 0)
         target_lens = self.cfg.s2mel.target_frames(code_lens).astype(np.int32)
         g_max = self._frame_bucket(int(target_lens.max()), 32)
+        # the CFM runs on [prompt | target] packed per row: its length is the bucket of the longest row's sum,
+        # not pb + g_max (a 10 s prompt + 10 s output: 1728 frames for 1721, where 896 + 896 gave 1792)
+        t_len = max(pb, min(self._frame_bucket(int((ref_lens + target_lens).max()), 64), pb + g_max))
         keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(r["seed"]), 1), r["seg"])
                           for r in rows])
         mel = self._s2m(self.params, S_ref, jnp.asarray(S_ref_lens), ref_mel, jnp.asarray(ref_lens),
                         jnp.asarray(style_vec), lat, jnp.asarray(codes), jnp.asarray(code_lens),
-                        jnp.asarray(target_lens), keys, g_max=g_max)
+                        jnp.asarray(target_lens), keys, g_max=g_max, t_len=t_len)
         jax.block_until_ready(mel)
         timings["s2m"] += time.perf_counter() - t0
         # ---- vocoder
@@ -751,15 +756,7 @@ class IndexTTS2:
                          **sampling) -> dict:
         """Read jobs (one JSON object per line; keys as :meth:`synthesize_batch`), write ``<out or id or
         index>.wav`` (16-bit PCM) into ``out_dir`` and ``report.json``; returns the report."""
-        jobs = []
-        with open(jobs_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    jobs.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{jobs_path}:{lineno}: not JSON ({e})") from e
+        jobs = read_jsonl(jobs_path)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         base = Path(jobs_path).parent
@@ -858,12 +855,15 @@ def _frame_noise(keys, ref_lens, t_len: int, n_mels: int):
 
 
 def _s2m_stage(params, cfg: s2mel.S2MelConfig, codec_cfg, S_ref, S_ref_lens, ref_mel, ref_lens, style, latent,
-               codes, code_lens, target_lens, noise_keys, g_max: int, n_steps: int, cfg_rate: float, dtype):
+               codes, code_lens, target_lens, noise_keys, g_max: int, t_len: int, n_steps: int, cfg_rate: float,
+               dtype):
     """infer_v2's S2M steps on padded rows: vq2emb(codes) + gpt_layer(latent) -> LR to target_lens frames,
-    prompt condition LR(S_ref, ref_lens), CFM (CFG) with the reference mel in context -> (B, g_max, n_mels)."""
+    prompt condition LR(S_ref, ref_lens), CFM (CFG) with the reference mel in context -> (B, g_max, n_mels).
+
+    ref_mel (B, P, n_mels) with ``ref_lens`` valid frames; the CFM runs on each row's prompt and target frames
+    packed together, ``t_len`` frames (>= max(ref_lens + target_lens), <= P + g_max)."""
     sp = params["s2mel"]
     p_max = ref_mel.shape[1]
-    t_len = p_max + g_max
     lr = s2mel.InterpolateRegulator(cfg.length_regulator, dtype=dtype)
     prompt_condition = lr.apply({"params": sp["length_regulator"]}, S_ref, ref_lens, p_max, S_ref_lens)
     code_emb = semantic_codec.SemanticCodec(codec_cfg).apply({"params": params["codec"]}, codes,

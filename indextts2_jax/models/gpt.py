@@ -100,6 +100,9 @@ class UnifiedVoiceConfig:
     # Our extension: the width of the prompt features both conditioning conformers read. The official
     # code hard-codes 1024 (w2v-BERT); the CPU demo conditions on 160-d stacked mel frames.
     condition_input_size: int = COND_FEATURES
+    # Our extension: the emotion perceiver's width (its one latent feeds ``emovec_layer``). The official code
+    # hard-codes 1024; at 1024 it holds 9.5M params whatever the model width, so small models shrink it.
+    emotion_dim: int = EMO_DIM
 
     @classmethod
     def from_official(cls, d: Mapping) -> "UnifiedVoiceConfig":
@@ -118,7 +121,7 @@ class UnifiedVoiceConfig:
         if "emo_condition_module" in d:
             kwargs["emo_condition_module"] = ConditionModuleConfig.from_official(d.pop("emo_condition_module"))
         names = {f for f in cls.__dataclass_fields__} - {"condition_module", "emo_condition_module", "duration_control",
-                                                          "condition_input_size"}
+                                                          "condition_input_size", "emotion_dim"}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"UnifiedVoice: unknown kwargs {sorted(unknown)}")
@@ -160,7 +163,7 @@ class UnifiedVoiceConfig:
 
     def emotion_perceiver(self) -> PerceiverConfig:
         m = self.emo_condition_module
-        return PerceiverConfig(dim=EMO_DIM, dim_context=m.output_size, num_latents=1, ff_mult=m.perceiver_mult,
+        return PerceiverConfig(dim=self.emotion_dim, dim_context=m.output_size, num_latents=1, ff_mult=m.perceiver_mult,
                                heads=m.attention_heads)
 
 

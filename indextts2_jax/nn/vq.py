@@ -375,6 +375,20 @@ def quantization_error(features, codebook, metric: str = "cosine"):
     return jnp.mean(jnp.sum(jnp.square(points - codes[idx]), axis=-1))
 
 
+def random_valid_rows(key, valid: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """``count`` random indices of True entries of ``valid`` (N,) bool, and how many there are.
+
+    Distinct while there are at least ``count`` valid rows (sampling without replacement, by
+    Gumbel top-k); with fewer, the draws repeat cyclically. With no valid row the indices are
+    arbitrary: check the returned count (a () int array). Jittable; ``count`` is static.
+    """
+    valid = jnp.asarray(valid).reshape(-1).astype(bool)
+    n_valid = valid.sum()
+    scores = jnp.where(valid, jax.random.gumbel(key, valid.shape), -jnp.inf)
+    order = jnp.argsort(-scores)  # valid rows first, in random order
+    return order[jnp.arange(count) % jnp.maximum(n_valid, 1)], n_valid
+
+
 @functools.partial(jax.jit, static_argnames=("threshold",))
 def replace_dead_codes(key, codebook, counts, features, threshold: float = 1.0, mask=None):
     """Re-initialise codes used fewer than ``threshold`` times with random features.
@@ -390,9 +404,6 @@ def replace_dead_codes(key, codebook, counts, features, threshold: float = 1.0, 
     points = jnp.asarray(features, codebook.dtype).reshape(-1, codebook.shape[-1])
     n, k = points.shape[0], codebook.shape[0]
     valid = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask).reshape(-1).astype(bool)
-    n_valid = valid.sum()
-    scores = jnp.where(valid, jax.random.gumbel(key, (n,)), -jnp.inf)
-    order = jnp.argsort(-scores)  # valid rows first, in random order
-    picks = order[jnp.arange(k) % jnp.maximum(n_valid, 1)]
+    picks, n_valid = random_valid_rows(key, valid, k)
     dead = (jnp.asarray(counts) < threshold) & (n_valid > 0)
     return jnp.where(dead[:, None], points[picks], codebook), dead

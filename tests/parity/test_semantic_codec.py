@@ -15,6 +15,7 @@ import pytest
 from indextts2_jax.errors import CheckpointError, ConfigError
 from indextts2_jax.models import semantic_codec as sc
 from tests.parity.cases import assert_close, cases, get_case, max_rel_err
+from tests.subproc import cpu_env
 
 TOL = 1e-5
 
@@ -185,6 +186,6 @@ def test_w2v_bert_and_codec_sharded_equal_single_device():
         """
     )
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = cpu_env(4)
     res = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-4000:]

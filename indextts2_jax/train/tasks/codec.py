@@ -77,13 +77,6 @@ def frame_mask(batch: Mapping[str, jax.Array], length_key: str = "semantic_lengt
     return mask & batch["valid"].astype(bool)[:, None]
 
 
-def _pick_rows(key, mask_flat: jax.Array, count: int) -> jax.Array:
-    """``count`` indices of True entries of ``mask_flat`` (N,), drawn with replacement (uniform)."""
-    p = mask_flat.astype(jnp.float32)
-    p = jnp.where(p.sum() > 0, p / jnp.maximum(p.sum(), 1.0), jnp.full_like(p, 1.0 / p.shape[0]))
-    return jax.random.choice(key, p.shape[0], (count,), p=p)
-
-
 def dead_code_pull(key, codebook: jax.Array, z_e: jax.Array, counts: jax.Array, mask: jax.Array,
                    threshold: float) -> tuple[jax.Array, jax.Array]:
     """Squared distance of each dead code (count < threshold) to a random valid latent (stop-gradient).
@@ -92,7 +85,7 @@ def dead_code_pull(key, codebook: jax.Array, z_e: jax.Array, counts: jax.Array, 
     """
     k, d = codebook.shape
     flat = jax.lax.stop_gradient(z_e.reshape(-1, d).astype(jnp.float32))
-    picks = _pick_rows(key, mask.reshape(-1), k)
+    picks, _ = vq.random_valid_rows(key, mask, k)  # distinct frames while there are >= K
     target = vq.l2_normalize(flat[picks])  # codes are compared by direction; k-means codes are unit
     dead = (counts < threshold).astype(jnp.float32)
     dist = jnp.sum(jnp.square(codebook.astype(jnp.float32) - target), axis=-1)

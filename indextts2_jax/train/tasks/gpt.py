@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from indextts2_jax.errors import ConfigError
-from indextts2_jax.models.gpt import UnifiedVoice, UnifiedVoiceConfig, masked_cross_entropy, target_mask
+from indextts2_jax.models.gpt import EMO_DIM, UnifiedVoice, UnifiedVoiceConfig, masked_cross_entropy, target_mask
 from indextts2_jax.train.tasks import PipelineTask, converted_component_file, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import codec_config_from, compute_dtype, load_params
 
@@ -70,6 +70,7 @@ def model_config_from(config) -> UnifiedVoiceConfig:
     """UnifiedVoice config from ``config.model.gpt`` (official keys) and ``config.gpt`` (our options)."""
     cfg = UnifiedVoiceConfig.from_official(dict(config.model.gpt))
     return dataclasses.replace(cfg, condition_input_size=int(config.gpt.condition_input_size),
+                               emotion_dim=int(config.gpt.get("emotion_dim", EMO_DIM)),
                                duration_control=bool(config.gpt.duration_control))
 
 
