@@ -2,46 +2,16 @@
 reconstruction loss falls with usage/perplexity reported, 8 sharded devices (2,2,2) equal one, the
 trained params export for the GPT stage, the dead-code functions."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.subproc import cpu_env
+from tests.subproc import rows_by_step as _train_rows
+from tests.subproc import spawn_stage
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
-
-_RUN = textwrap.dedent(
-    """
-    import sys
-    from indextts2_jax.train.recipe import tiny_config
-    from indextts2_jax.train.tasks.codec import CodecTask
-    from indextts2_jax.train.trainer import train
-    workdir, shards, steps, mesh, stop = sys.argv[1:6]
-    c = tiny_config("codec", shards, int(steps), **{"checkpoint.every_steps": 20})
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in mesh.split(","))
-    train(c, workdir, CodecTask(c), stop_after_steps=int(stop) or None)
-    print("DONE")
-    """
-)
-
-
-def _rows(workdir):
-    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-
-
-def _train_rows(workdir):
-    return {r["step"]: r for r in _rows(workdir) if r["split"] == "train"}
-
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -51,9 +21,8 @@ def shards(tmp_path_factory):
 
 
 def _spawn(workdir, shards, mesh="-1,1,1", devices=1, stop=0):
-    env = cpu_env(devices)
-    return subprocess.Popen([sys.executable, "-c", _RUN, str(workdir), str(shards), str(STEPS), mesh, str(stop)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return spawn_stage("codec", workdir, shards, STEPS, mesh=mesh, devices=devices, stop=stop,
+                       overrides={"checkpoint.every_steps": 20})
 
 
 @pytest.fixture(scope="module")

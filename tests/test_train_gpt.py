@@ -7,53 +7,19 @@ the same program (same config, same device count) compiles once for the module.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from tests.subproc import cpu_env
+from tests.subproc import losses as _losses
+from tests.subproc import spawn_stage
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 60  # the reference run: its loss must fall clearly within these steps
 OVERRIDES = {"data.length_buckets": [64], "gpt.duration_control": True, "gpt.emotion_source": "target",
              "checkpoint.every_steps": 4}
-
-_RUN = textwrap.dedent(
-    """
-    import json, sys, time
-    from indextts2_jax.train.recipe import tiny_config
-    from indextts2_jax.train.tasks.gpt import GptTask
-    from indextts2_jax.train.trainer import train
-    workdir, shards, codec, steps, mesh, slow, stop, overrides = sys.argv[1:9]
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(overrides).items()}
-    c = tiny_config("gpt", shards, int(steps), **kw)
-    c.codec_checkpoint = codec
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in mesh.split(","))
-
-    class SlowGptTask(GptTask):
-        def train_iterator(self, process_index, process_count):
-            p = self.pipeline("train", process_index, process_count)
-            return iter(p.dataset.map(lambda b: (time.sleep(float(slow)), b)[1]))
-
-    task = SlowGptTask(c) if float(slow) else GptTask(c)
-    out = train(c, workdir, task, stop_after_steps=int(stop) or None)
-    print("DONE", out["step"])
-    """
-)
-
-
-def _losses(workdir, key="loss"):
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return {r["step"]: r[key] for r in rows if r["split"] == "train"}
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -83,11 +49,9 @@ def data(tmp_path_factory):
 
 
 def _spawn(data, workdir, steps=STEPS, mesh="-1,1,1", devices=1, slow=0.0, stop=0, shards=None, every=4):
-    env = cpu_env(devices, data["cache"])
-    args = [str(workdir), str(shards or data["shards"]), str(data["codec"]), str(steps), mesh, str(slow), str(stop),
-            json.dumps({**OVERRIDES, "checkpoint.every_steps": every})]
-    return subprocess.Popen([sys.executable, "-c", _RUN, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return spawn_stage("gpt", workdir, shards or data["shards"], steps, codec=data["codec"], mesh=mesh,
+                       devices=devices, slow=slow, stop=stop, overrides={**OVERRIDES, "checkpoint.every_steps": every},
+                       cache_dir=data["cache"])
 
 
 @pytest.fixture(scope="module")

@@ -7,61 +7,24 @@ cache (the resumed run reuses the reference run's compiled step).
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.subproc import cpu_env
+from tests.subproc import losses as _losses
+from tests.subproc import rows_by_step as _rows
+from tests.subproc import spawn_stage
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 30  # runs stop here; total_steps (the schedule) is TOTAL, so no run reaches the final eval
 TOTAL = 100
 # a smaller S2M than the demo's (compile time): DiT depth 2, one WaveNet layer, one regulator stage
 OVERRIDES = {"data.length_buckets": [32], "checkpoint.every_steps": 4, "s2mel.style_frames": 64,
              "model.s2mel.DiT.depth": 2, "model.s2mel.wavenet.num_layers": 1,
              "model.s2mel.length_regulator.sampling_ratios": [1], "s2mel.sample_steps": 2}
-
-_RUN = textwrap.dedent(
-    """
-    import json, sys, time
-    from indextts2_jax.train.recipe import tiny_config
-    from indextts2_jax.train.tasks.s2mel import S2melTask
-    from indextts2_jax.train.trainer import train
-    workdir, shards, codec, steps, mesh, slow, stop, overrides = sys.argv[1:9]
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(overrides).items()}
-    c = tiny_config("s2mel", shards, int(steps), **kw)
-    c.codec_checkpoint = codec
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in mesh.split(","))
-
-    class SlowTask(S2melTask):
-        def train_iterator(self, process_index, process_count):
-            p = self.pipeline("train", process_index, process_count)
-            return iter(p.dataset.map(lambda b: (time.sleep(float(slow)), b)[1]))
-
-    task = SlowTask(c) if float(slow) else S2melTask(c)
-    out = train(c, workdir, task, stop_after_steps=int(stop) or None)
-    print("DONE", out["step"])
-    """
-)
-
-
-def _rows(workdir, split="train"):
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return {r["step"]: r for r in rows if r["split"] == split}
-
-
-def _losses(workdir, key="loss"):
-    return {s: r[key] for s, r in _rows(workdir).items()}
-
 
 def _config(shards, codec, steps=3, **extra):
     from indextts2_jax.train.recipe import tiny_config
@@ -108,11 +71,8 @@ def _random_tree(abstract, seed=0):
 
 def _spawn(data, workdir, steps=TOTAL, mesh="-1,1,1", devices=1, slow=0.0, stop=STEPS):
     # LLVM -O0: the compiles dominate these short runs (every run uses the same flags, so they compare exactly)
-    env = cpu_env(devices, data["cache"])
-    args = [str(workdir), str(data["shards"]), str(data["codec"]), str(steps), mesh, str(slow), str(stop),
-            json.dumps(OVERRIDES)]
-    return subprocess.Popen([sys.executable, "-c", _RUN, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return spawn_stage("s2mel", workdir, data["shards"], steps, codec=data["codec"], mesh=mesh, devices=devices,
+                       slow=slow, stop=stop, overrides=OVERRIDES, cache_dir=data["cache"])
 
 
 def _wait(pred, proc, timeout=400):

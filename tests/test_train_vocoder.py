@@ -9,7 +9,6 @@ CPU cores) while the in-process tests run.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.subproc import cpu_env
+from tests.subproc import cpu_env, metric_rows
+from tests.subproc import rows_by_step as _train_rows
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -75,14 +75,6 @@ _RUN = textwrap.dedent(
     print("DONE")
     """
 )
-
-
-def _rows(workdir):
-    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-
-
-def _train_rows(workdir):
-    return {r["step"]: r for r in _rows(workdir) if r["split"] == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +250,7 @@ def test_both_parts_train(runs):
 
 
 def test_eval_and_samples_written(runs):
-    evals = [r for r in _rows(runs["one"]) if r["split"] == "eval"]
+    evals = [r for r in metric_rows(runs["one"]) if r["split"] == "eval"]
     assert evals and np.isfinite(evals[-1]["mel_error"]) and np.isfinite(evals[-1]["mel_l1"])
     events = list((runs["one"] / "tensorboard").glob("events.out.tfevents.*"))
     data = b"".join(p.read_bytes() for p in events)

@@ -35,8 +35,9 @@ import numpy as np
 
 from indextts2_jax.convert.state_dict import StateDict, check_params_match
 from indextts2_jax.errors import CheckpointError, ConfigError
-from indextts2_jax.nn.conformer import ConformerConfig, ConformerEncoder, conformer_from_torch, dense, layer_norm
+from indextts2_jax.nn.conformer import ConformerConfig, ConformerEncoder, conformer_from_torch
 from indextts2_jax.nn.gpt2 import GPT2Transformer, causal_mask
+from indextts2_jax.nn.layers import dense, layer_norm
 from indextts2_jax.nn.perceiver import PerceiverConfig, PerceiverResampler, perceiver_from_torch
 
 COND_FEATURES = 1024  # w2v-BERT feature width; hard-coded in the official UnifiedVoice

@@ -36,12 +36,8 @@ import numpy as np
 
 from indextts2_jax.convert.state_dict import StateDict, check_params_match
 from indextts2_jax.errors import CheckpointError, ConfigError
-from indextts2_jax.nn.dit import (
-    DiTTransformer,
-    TimestepEmbedder,
-    dense,
-    swiglu_hidden_size,
-)
+from indextts2_jax.nn.dit import DiTTransformer, TimestepEmbedder, swiglu_hidden_size
+from indextts2_jax.nn.layers import dense
 
 Dtype = Any
 

@@ -44,6 +44,7 @@ from indextts2_jax.convert.state_dict import StateDict, check_params_match
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.nn import vq
 from indextts2_jax.nn.depthwise import DepthwiseConv1D
+from indextts2_jax.nn.layers import dense, layer_norm
 
 __all__ = [
     "SemanticCodecConfig",
@@ -131,26 +132,12 @@ def _conv(features, kernel, groups, name, dtype, param_dtype, axes):
 
 
 def _dense(features, axes, name, dtype, param_dtype, init_std=0.02):
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(init_std), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)),
-        name=name,
-    )
+    return dense(features, axes, name=name, dtype=dtype, param_dtype=param_dtype,
+                 kernel_init=nn.initializers.truncated_normal(init_std))
 
 
 def _layer_norm(name, param_dtype):
-    return nn.LayerNorm(
-        epsilon=1e-6,
-        dtype=jnp.float32,
-        param_dtype=param_dtype,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+    return layer_norm(name, param_dtype=param_dtype, eps=1e-6, fast_variance=False)
 
 
 def _zero_padded(x, mask):

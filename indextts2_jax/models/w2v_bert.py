@@ -40,6 +40,7 @@ import numpy as np
 from indextts2_jax.convert.state_dict import StateDict, check_params_match, strip_prefix
 from indextts2_jax.errors import CheckpointError, ConfigError
 from indextts2_jax.nn.depthwise import DepthwiseConv1D
+from indextts2_jax.nn.layers import dense, layer_norm
 
 __all__ = [
     "W2VBertConfig",
@@ -147,29 +148,12 @@ class W2VBertConfig:
 
 
 def _dense(features: int, axes: tuple, name: str, use_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32):
-    """nn.Dense with logical axis names on kernel (``axes``) and bias (``axes[-1]``)."""
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)),
-        name=name,
-    )
+    return dense(features, axes, use_bias, name, dtype, param_dtype)
 
 
 def _layer_norm(eps: float, name: str, param_dtype=jnp.float32):
     """LayerNorm computed in float32 with a two-pass variance (as torch)."""
-    return nn.LayerNorm(
-        epsilon=eps,
-        dtype=jnp.float32,
-        param_dtype=param_dtype,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+    return layer_norm(name, param_dtype=param_dtype, eps=eps, fast_variance=False)
 
 
 class FeedForward(nn.Module):

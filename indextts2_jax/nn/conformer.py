@@ -29,35 +29,7 @@ import numpy as np
 from indextts2_jax.convert.state_dict import StateDict
 from indextts2_jax.errors import CheckpointError, ConfigError
 from indextts2_jax.nn.depthwise import DepthwiseConv1D
-
-LN_EPS = 1e-5
-
-
-def dense(features: int, axes: tuple[str, str], use_bias: bool = True, name: str | None = None, dtype=jnp.float32,
-          param_dtype=jnp.float32) -> nn.Dense:
-    """A Dense layer whose kernel carries logical axis names ``axes``."""
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-        name=name,
-    )
-
-
-def layer_norm(name: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-               eps: float = LN_EPS) -> nn.LayerNorm:
-    """LayerNorm (eps 1e-5 by default), computed in float32, with logical axis names on its params."""
-    return nn.LayerNorm(
-        epsilon=eps,
-        dtype=jnp.float32,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+from indextts2_jax.nn.layers import dense, layer_norm
 
 
 def sinusoid_table(length: int, dim: int) -> np.ndarray:

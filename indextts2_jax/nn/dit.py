@@ -24,24 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from indextts2_jax.nn.layers import dense
+
 Dtype = Any
-
-default_kernel_init = nn.initializers.lecun_normal()
-
-
-def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype=jnp.float32,
-          param_dtype=jnp.float32, name: str | None = None) -> nn.Dense:
-    """A Dense layer whose kernel carries logical axis names ``axes`` (in, out)."""
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-        name=name,
-    )
-
 
 def find_multiple(n: int, k: int) -> int:
     """Smallest multiple of ``k`` that is >= ``n``."""

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from indextts2_jax.nn.conformer import dense, layer_norm
+from indextts2_jax.nn.layers import dense, layer_norm
 
 
 def init_kv_cache(batch: int, length: int, layers: int, heads: int, head_dim: int, dtype=jnp.float32) -> list[dict]:

@@ -21,7 +21,8 @@ import numpy as np
 
 from indextts2_jax.convert.state_dict import StateDict, check_params_match
 from indextts2_jax.errors import ConfigError
-from indextts2_jax.nn.conformer import dense, init_shapes
+from indextts2_jax.nn.conformer import init_shapes
+from indextts2_jax.nn.layers import dense
 
 
 @dataclass(frozen=True)
