@@ -16,10 +16,15 @@ import ml_collections
 
 from configs import common, indextts2
 
+# Steps per stage of the demo recipe, sized so that the main job stays within ~30 min on 2 CPU cores: the GPT
+# (0.6M params) and the vocoder learn slowest, the codec converges within a few hundred steps.
+DEMO_STEPS = {"codec": 300, "gpt": 900, "s2mel": 300, "vocoder": 450}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Args: stage (gpt|codec|s2mel|vocoder), scale (width multiplier, 1 = CPU demo), steps, batch."""
-    args = common.parse_arg(arg, stage="gpt", scale=1, steps=300, batch=8)
+    """Args: stage (gpt|codec|s2mel|vocoder), scale (width multiplier, 1 = CPU demo), steps (0: the stage's
+    DEMO_STEPS), batch."""
+    args = common.parse_arg(arg, stage="gpt", scale=1, steps=0, batch=8)
     if args.stage not in indextts2.STAGES:
         from indextts2_jax.errors import ConfigError
 
@@ -31,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s = args.scale
     c = common.training_defaults()
     c.stage = args.stage
-    c.total_steps = args.steps
+    c.total_steps = args.steps or DEMO_STEPS[args.stage]
     c.global_batch_size = args.batch
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 20
