@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import print_table
+from benchmarks.common import call_times, print_table
 from indextts2_jax.models import s2mel
 
 
@@ -58,12 +58,7 @@ def bench_cfm(config: s2mel.S2MelConfig, target_frames: int = 860, prompt_frames
     compiled = s2mel._cfm_sample.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     dyn = (params, mu, x_lens, prompt, prompt_lens, style, noise, jnp.float32(1.0), jnp.asarray(ts), jnp.asarray(dts))
-    jax.block_until_ready(compiled(*dyn))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*dyn))
-        times.append(time.perf_counter() - t0)
+    _, times = call_times(lambda: compiled(*dyn), repeats)  # after a warm-up call
     best = min(times)
 
     # XLA counts a scan body once, so take the FLOPs of one estimator call on the stacked batch x steps.

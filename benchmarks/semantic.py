@@ -53,9 +53,6 @@ SIZES = {
 }
 
 
-_peak_bytes = peak_memory_bytes
-
-
 def _count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
@@ -121,7 +118,7 @@ def run(size: str, batches, seconds: float, dtype_name: str, repeats: int, stage
             analysis = compiled.memory_analysis()
             temp = getattr(analysis, "temp_size_in_bytes", float("nan")) if analysis is not None else float("nan")
             step_s = _time(compiled, args, repeats)
-            peak, peak_kind = _peak_bytes()
+            peak, peak_kind = peak_memory_bytes()
             rows.append(
                 {
                     "stage": stage,

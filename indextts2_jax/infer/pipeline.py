@@ -357,8 +357,9 @@ class IndexTTS2:
         """Mel-frame lengths of S2M and the vocoder: :meth:`_bucket` up to 512 frames, then multiples of
         ``FRAME_STEP`` (64 frames, 0.74 s). Their cost grows with every padded frame (the DiT's attention
         quadratically): a 10 s prompt mel plus 10 s of output, 861 + 860 frames, ran as 1024 + 1024 with
-        the power-of-two buckets (S2M 127 s on the 2-core CPU) and runs as 896 + 896 here. Lengths above
-        512 compile once per 64-frame step."""
+        the power-of-two buckets (S2M 127 s on the 2-core CPU); here the prompt mel and the target take
+        896 frames each and the CFM the bucket of their sum, 1728. Lengths above 512 compile once per
+        64-frame step."""
         if self.buckets or n <= 512:
             return self._bucket(n, minimum)
         return -(-int(n) // self.FRAME_STEP) * self.FRAME_STEP

@@ -147,10 +147,6 @@ class W2VBertConfig:
 # --- building blocks ----------------------------------------------------------------------------
 
 
-def _dense(features: int, axes: tuple, name: str, use_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32):
-    return dense(features, axes, use_bias, name, dtype, param_dtype)
-
-
 def _layer_norm(eps: float, name: str, param_dtype=jnp.float32):
     """LayerNorm computed in float32 with a two-pass variance (as torch)."""
     return layer_norm(name, param_dtype=param_dtype, eps=eps, fast_variance=False)
@@ -166,9 +162,11 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        h = _dense(c.intermediate_size, ("embed", "mlp"), "intermediate_dense", True, self.dtype, self.param_dtype)(x)
+        h = dense(c.intermediate_size, ("embed", "mlp"),
+                  name="intermediate_dense", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         h = _ACTIVATIONS[c.hidden_act](h)
-        return _dense(c.hidden_size, ("mlp", "embed"), "output_dense", True, self.dtype, self.param_dtype)(h)
+        return dense(c.hidden_size, ("mlp", "embed"),
+                     name="output_dense", dtype=self.dtype, param_dtype=self.param_dtype)(h)
 
 
 class RelativeKeySelfAttention(nn.Module):
@@ -188,7 +186,8 @@ class RelativeKeySelfAttention(nn.Module):
         nh, dh = c.num_attention_heads, c.head_dim
 
         def proj(name):
-            y = _dense(c.hidden_size, ("embed", "heads"), name, True, self.dtype, self.param_dtype)(x)
+            y = dense(c.hidden_size, ("embed", "heads"),
+                      name=name, dtype=self.dtype, param_dtype=self.param_dtype)(x)
             return y.reshape(b, t, nh, dh)
 
         query, key, value = proj("linear_q"), proj("linear_k"), proj("linear_v")
@@ -221,7 +220,8 @@ class RelativeKeySelfAttention(nn.Module):
             scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, value).reshape(b, t, nh * dh)
-        return _dense(c.hidden_size, ("heads", "embed"), "linear_out", True, self.dtype, self.param_dtype)(out)
+        return dense(c.hidden_size, ("heads", "embed"),
+                     name="linear_out", dtype=self.dtype, param_dtype=self.param_dtype)(out)
 
 
 class ConvolutionModule(nn.Module):
@@ -241,7 +241,8 @@ class ConvolutionModule(nn.Module):
         h = _layer_norm(c.layer_norm_eps, "layer_norm", self.param_dtype)(x).astype(self.dtype)
         if frame_mask is not None:
             h = jnp.where(frame_mask[..., None], h, 0)
-        h = _dense(2 * c.hidden_size, ("embed", "mlp"), "pointwise_conv1", False, self.dtype, self.param_dtype)(h)
+        h = dense(2 * c.hidden_size, ("embed", "mlp"), use_bias=False,
+                  name="pointwise_conv1", dtype=self.dtype, param_dtype=self.param_dtype)(h)
         value, gate = jnp.split(h, 2, axis=-1)
         h = value * jax.nn.sigmoid(gate)
         h = DepthwiseConv1D(
@@ -256,7 +257,8 @@ class ConvolutionModule(nn.Module):
         )(h)
         h = _layer_norm(c.layer_norm_eps, "depthwise_layer_norm", self.param_dtype)(h).astype(self.dtype)
         h = _ACTIVATIONS[c.hidden_act](h)
-        return _dense(c.hidden_size, ("mlp", "embed"), "pointwise_conv2", False, self.dtype, self.param_dtype)(h)
+        return dense(c.hidden_size, ("mlp", "embed"), use_bias=False,
+                     name="pointwise_conv2", dtype=self.dtype, param_dtype=self.param_dtype)(h)
 
 
 class ConformerLayer(nn.Module):
@@ -293,7 +295,8 @@ class FeatureProjection(nn.Module):
     def __call__(self, features):
         c = self.config
         h = _layer_norm(c.layer_norm_eps, "layer_norm", self.param_dtype)(features).astype(self.dtype)
-        return _dense(c.hidden_size, (None, "embed"), "projection", True, self.dtype, self.param_dtype)(h)
+        return dense(c.hidden_size, (None, "embed"),
+                     name="projection", dtype=self.dtype, param_dtype=self.param_dtype)(h)
 
 
 class Encoder(nn.Module):

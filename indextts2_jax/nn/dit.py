@@ -28,6 +28,7 @@ from indextts2_jax.nn.layers import dense
 
 Dtype = Any
 
+
 def find_multiple(n: int, k: int) -> int:
     """Smallest multiple of ``k`` that is >= ``n``."""
     return n if n % k == 0 else n + k - (n % k)

@@ -176,6 +176,14 @@ def write_init_checkpoint(out: str | os.PathLike, key: str, load) -> str:
     return str(out)
 
 
+def no_mesh():
+    """A context without a mesh: host-side jitted calls (eval samples, frozen models) that must not pick up
+    the training mesh's logical-axis sharding (jax.sharding.use_abstract_mesh of an empty mesh)."""
+    import jax
+
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ()))
+
+
 def run_demo_stages(*args, **kwargs):
     """See :func:`indextts2_jax.train.recipe.run_demo_stages` (preprocess -> codec -> gpt)."""
     from indextts2_jax.train.recipe import run_demo_stages as run

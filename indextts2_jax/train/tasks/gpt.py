@@ -45,7 +45,7 @@ import numpy as np
 
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.models.gpt import EMO_DIM, UnifiedVoice, UnifiedVoiceConfig, masked_cross_entropy, target_mask
-from indextts2_jax.train.tasks import PipelineTask, converted_component_file, write_init_checkpoint
+from indextts2_jax.train.tasks import PipelineTask, converted_component_file, no_mesh, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import codec_config_from, compute_dtype, load_params
 
 log = logging.getLogger("indextts2_jax.train")
@@ -116,10 +116,6 @@ def _batch_unconstrained():
     return nn.logical_axis_rules(rules)
 
 
-def _no_mesh():
-    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ()))
-
-
 def dedupe_axis_names(tree):
     """Boxed params whose logical names repeat a name (the conformer's 2-D conv kernels are
     ``("kernel", "kernel", ...)``) keep the first occurrence only; flax refuses repeated names."""
@@ -186,7 +182,7 @@ class GptTask(PipelineTask):
         # The conformer's 2-D conv kernels carry the logical names ("kernel", "kernel", ...), which flax
         # refuses to turn into a sharding constraint under a mesh; init them mesh-free (the trainer
         # places the result by the shardings derived from the de-duplicated names).
-        with _no_mesh():
+        with no_mesh():
             params = dedupe_axis_names(self.model.init(model_rng, *self._model_inputs(batch))["params"])
         if self.adversarial:
             params = dict(params)

@@ -63,7 +63,7 @@ import numpy as np
 
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.models import s2mel as s2m
-from indextts2_jax.train.tasks import PipelineTask, converted_component_file, write_init_checkpoint
+from indextts2_jax.train.tasks import PipelineTask, converted_component_file, no_mesh, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import codec_config_from, compute_dtype, load_params
 
 log = logging.getLogger("indextts2_jax.train")
@@ -224,9 +224,8 @@ class S2melTask(PipelineTask):
 
     # -- params ---------------------------------------------------------------------------------
     def init_params(self, rng, batch):
-        from indextts2_jax.train.tasks.gpt import _no_mesh
 
-        with _no_mesh():
+        with no_mesh():
             return s2m._init_params(self.model_config, rng, unbox=False)
 
     def select_init_params(self, restored: Any) -> Any:
@@ -364,7 +363,6 @@ class S2melTask(PipelineTask):
         of the true mel as prompt, noise from ``fold_in(key(seed), step)``. Prompt frames of the prediction
         are the prompt itself.
         """
-        from indextts2_jax.train.tasks.gpt import _no_mesh
 
         s = self.config.s2mel
         batch = self._first_eval_batch()
@@ -376,7 +374,7 @@ class S2melTask(PipelineTask):
                 return mel, mu, style
 
             self._sample_fn = jax.jit(fn)
-        with _no_mesh():
+        with no_mesh():
             host = jax.tree.map(np.asarray, jax.device_get(params))
             mel, mu, style = self._sample_fn(host, {k: jnp.asarray(v) for k, v in batch.items()}, None)
             key = jax.random.fold_in(jax.random.key(int(self.config.seed)), step)
@@ -402,17 +400,16 @@ class S2melTask(PipelineTask):
 
     def vocode(self, mel: np.ndarray) -> np.ndarray:
         """(T, n_mels) log-mel -> (T * hop,) float32 waveform with ``s2mel.vocoder_checkpoint``'s BigVGAN."""
-        from indextts2_jax.train.tasks.gpt import _no_mesh
 
         if self._vocoder is None:
-            from indextts2_jax.models.bigvgan import BigVGAN, BigVGANConfig
-            from indextts2_jax.train.tasks.vocoder import load_generator_params
+            from indextts2_jax.models.bigvgan import BigVGAN
+            from indextts2_jax.train.tasks.vocoder import generator_config_from, load_generator_params
 
-            gen = BigVGAN(BigVGANConfig.from_official(dict(self.config.aux.bigvgan)))
+            gen = BigVGAN(generator_config_from(self.config))
             params = jax.tree.map(jnp.asarray, load_generator_params(str(self.config.s2mel.vocoder_checkpoint)))
             fn = jax.jit(lambda p, m: gen.apply({"params": p}, m))
             self._vocoder = lambda m: fn(params, m)
-        with _no_mesh():
+        with no_mesh():
             return np.asarray(self._vocoder(jnp.asarray(mel, jnp.float32)[None]), np.float32)[0]
 
 

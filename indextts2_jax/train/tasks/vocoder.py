@@ -67,7 +67,7 @@ from indextts2_jax.models.bigvgan import BigVGAN, BigVGANConfig, remove_weight_n
 from indextts2_jax.models.discriminators import DiscriminatorConfig, VocoderDiscriminator, split_real_fake
 from indextts2_jax.train import vocoder_losses as vl
 from indextts2_jax.train.optim import freeze_labels, param_path
-from indextts2_jax.train.tasks import PipelineTask, converted_component_file, write_init_checkpoint
+from indextts2_jax.train.tasks import PipelineTask, converted_component_file, no_mesh, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import compute_dtype, latest_params, load_params, save_params
 
 log = logging.getLogger("indextts2_jax.train")
@@ -131,10 +131,6 @@ def _masked_mean(rows: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(rows * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _no_mesh():
-    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ()))
-
-
 class VocoderTask(PipelineTask):
     name = "vocoder"
 
@@ -155,11 +151,11 @@ class VocoderTask(PipelineTask):
         param_dtype = jnp.dtype(str(config.get("param_dtype", "float32")))
         self.weight_norm = bool(v.weight_norm)
         inits = {"official": 0.01, "fan_in": None}
-        if str(v.get("generator_init", "official")) not in inits:
-            raise ConfigError(f"vocoder.generator_init={v.generator_init!r}: expected one of {sorted(inits)}")
+        init = str(v.get("generator_init", "official"))
+        if init not in inits:
+            raise ConfigError(f"vocoder.generator_init={init!r}: expected one of {sorted(inits)}")
         self.generator = BigVGAN(self.generator_config, dtype=self.dtype, param_dtype=param_dtype,
-                                 remat=bool(v.remat), weight_norm=self.weight_norm,
-                                 init_std=inits[str(v.get("generator_init", "official"))])
+                                 remat=bool(v.remat), weight_norm=self.weight_norm, init_std=inits[init])
         self.discriminator = VocoderDiscriminator(self.discriminator_config, dtype=self.dtype,
                                                   param_dtype=param_dtype)
         self._sample = None
@@ -340,7 +336,7 @@ class VocoderTask(PipelineTask):
             wave = jax.ShapeDtypeStruct(batch["wave"].shape, jnp.float32)
 
             def count(fn, *args):
-                with _no_mesh(), nn.logical_axis_rules(()):
+                with no_mesh(), nn.logical_axis_rules(()):
                     cost = jax.jit(fn).lower(*args).cost_analysis()
                 cost = cost[0] if isinstance(cost, (list, tuple)) else cost
                 return float((cost or {}).get("flops", 0.0))
@@ -385,7 +381,7 @@ class VocoderTask(PipelineTask):
 
         gen = jax.tree.map(np.asarray, jax.device_get(gen))
         n = int(example["mel_lengths"][0])
-        with _no_mesh(), nn.logical_axis_rules(()):
+        with no_mesh(), nn.logical_axis_rules(()):
             if self._sample_fn is None:
                 self._sample_fn = jax.jit(lambda p, m: self.generator.apply({"params": p}, m))
             fake = np.asarray(self._sample_fn(gen, jnp.asarray(self.model_mel(
