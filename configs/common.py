@@ -210,6 +210,9 @@ def training_defaults() -> ml_collections.ConfigDict:
     # Generator conv init from scratch: "official" N(0, 0.01), or "fan_in" (lecun normal) for narrow
     # generators, whose official-init output is so small that the mel loss has no gradient (BigVGAN.init_std).
     c.vocoder.generator_init = "official"
+    # Steps of mel-loss-only generator training before the discriminators join (0: GAN from the first step, as
+    # the official training; ParallelWaveGAN's discriminator_train_start_steps). Evaluation always scores the GAN.
+    c.vocoder.discriminator_start_step = 0
     c.vocoder.lambda_mel = 15.0  # lambda_melloss (multi-scale mel L1)
     c.vocoder.lambda_adv = 1.0  # LSGAN generator loss weight
     c.vocoder.lambda_fm = 1.0  # feature matching weight (the loss itself carries BigVGAN's factor 2)

@@ -16,7 +16,11 @@ Steps (each skipped when its output already exists, so a re-run resumes):
   7. synthesis of the held-out sentences, each with a training utterance of its voice as the prompt
      (``synthesis/*.wav`` + ``report.json``);
   8. the evaluation report of those files against their texts, prompts and the original espeak-ng
-     recordings (``evaluation/report.md``, ``report.json``, ``plots/``).
+     recordings (``evaluation/report.md``, ``report.json``, ``plots/``);
+  9. the stage-wise diagnosis (skip: ``--no_diagnosis``): the same sentences with the truth fed in below a
+     stage, scored the same way: ``diagnosis/true_codes/`` (the recording's own codes through S2M and the
+     vocoder: the system minus the GPT) and ``diagnosis/copy_synthesis/`` (the recording's mel through the
+     vocoder alone). Read the three WERs top down to see which stage loses the words.
 
 ``--stages`` runs a prefix of the stages only (then steps 6-8 are skipped and the summary says so).
 Outputs land under ``--workdir``; ``summary.json`` lists them (with the first and last losses of
@@ -37,9 +41,9 @@ from indextts2_jax.train.recipe import DEMO_STAGES as DEMO_ORDER
 
 def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_workers: int | None = None,
         stages: tuple[str, ...] = DEMO_ORDER, steps: dict[str, int] | None = None, batch: int | None = None,
-        synth_limit: int | None = None) -> dict:
+        synth_limit: int | None = None, diagnose: bool = True) -> dict:
     """The recipe (see the module docstring); ``steps`` maps a stage to its step count (default: the config's),
-    ``synth_limit`` caps the held-out sentences synthesized. Returns the summary (also ``summary.json``)."""
+    ``synth_limit`` caps the held-out sentences synthesized; ``diagnose`` adds the stage-wise diagnosis runs. Returns the summary (also ``summary.json``)."""
     steps = dict(steps or {})
     from configs import demo
     from data_pipeline.demo_corpus import build_demo_corpus
@@ -119,7 +123,7 @@ def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_wor
                                   for k in keys)
                 print(f"[demo] {stage} stage: {result[stage]['step']} steps, {parts} ({result[stage]['workdir']})")
     if tuple(stages) == DEMO_ORDER:
-        summary["steps"].update(_synthesize_and_evaluate(out, heldout_path, synth_limit))
+        summary["steps"].update(_synthesize_and_evaluate(out, heldout_path, synth_limit, diagnose))
         summary["status"] = ("complete: corpus, BPE, the codec/GPT/S2M/vocoder stages, the exported bundle, "
                              "synthesis of the held-out sentences and their evaluation report")
     else:
@@ -130,8 +134,9 @@ def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_wor
     return summary
 
 
-def _synthesize_and_evaluate(out: Path, heldout_path: Path, limit: int | None) -> dict:
-    """Export the trained stages to a bundle, synthesize the held-out sentences, score them."""
+def _synthesize_and_evaluate(out: Path, heldout_path: Path, limit: int | None, diagnose: bool = True) -> dict:
+    """Export the trained stages to a bundle, synthesize the held-out sentences, score them (and, with
+    ``diagnose``, the stage-wise diagnosis runs: :func:`_diagnose`)."""
     from indextts2_jax.eval import evaluate_run
     from indextts2_jax.export import export_workdirs
     from indextts2_jax.infer.pipeline import IndexTTS2
@@ -166,7 +171,62 @@ def _synthesize_and_evaluate(out: Path, heldout_path: Path, limit: int | None) -
     steps["evaluation"] = {"dir": str(out / "evaluation"), "seconds": round(time.perf_counter() - t, 1),
                            "summary": ev.get("summary", {})}
     print(f"[demo] evaluation report: {out / 'evaluation' / 'report.md'}")
+    if diagnose:
+        steps["diagnosis"] = _diagnose(out, tts, held, eval_jobs, evaluate_run)
     return steps
+
+
+DIAGNOSIS = {  # what each diagnosis run replaces by the truth, upstream of the stages it scores
+    "true_codes": "S2M + vocoder on the recording's own codes (the demo codec's), no GPT generation",
+    "copy_synthesis": "the vocoder alone on the recording's mel",
+}
+
+
+def _diagnose(out: Path, tts, held: list[dict], eval_jobs: list[dict], evaluate_run) -> dict:
+    """Where the quality is lost: the held-out sentences again, with the truth fed in below the GPT
+    (``true_codes``: ``semantic_codes`` of the recording spoken through S2M and the vocoder, the same prompt)
+    and below S2M (``copy_synthesis``: the recording's log-mel through the vocoder), each scored like the
+    system's outputs (``diagnosis/<name>/evaluation/report.md``)."""
+    import numpy as np
+
+    from indextts2_jax import audio as audio_lib
+    from indextts2_jax.infer.pipeline import write_wav
+
+    result = {}
+    for name, what in DIAGNOSIS.items():
+        t = time.perf_counter()
+        wav_dir = out / "diagnosis" / name
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        if name == "true_codes":
+            jobs = [{"id": h["id"], "text": h["text"], "speaker_prompt": h["prompt_audio"], "seed": 0,
+                     "codes": tts.semantic_codes(h["audio"]).tolist()} for h in held]
+            for h, (wave, sr, _) in zip(held, tts.synthesize_batch(jobs)):
+                write_wav(wav_dir / f"{h['id']}.wav", wave, sr)
+        else:
+            for h in held:
+                wave_22k, _ = audio_lib.load_speaker_prompt(h["audio"], truncate_seconds=None)
+                mel = np.asarray(audio_lib.mel_spectrogram(wave_22k, tts.cfg.mel))
+                write_wav(wav_dir / f"{h['id']}.wav", tts.vocode(mel), tts.sample_rate)
+        jobs = [dict(j, wav=str(wav_dir / f"{j['id']}.wav")) for j in eval_jobs]
+        ev = evaluate_run(jobs, wav_dir / "evaluation")
+        result[name] = {"what": what, "dir": str(wav_dir), "seconds": round(time.perf_counter() - t, 1),
+                        "summary": ev.get("summary", {})}
+    rows = [("system", {"summary": _summary_of(out)})] + list(result.items())
+    print("[demo] diagnosis (held-out sentences; mean WER, speaker similarity, DNSMOS OVRL):")
+    for name, r in rows:
+        m = r["summary"]
+        print(f"[demo]   {name:15s} WER {_mean(m, 'wer'):6.1%}  sim {_mean(m, 'sim_resemblyzer'):.3f}  "
+              f"DNSMOS {_mean(m, 'dnsmos_ovrl'):.2f}")
+    return result
+
+
+def _summary_of(out: Path) -> dict:
+    report = out / "evaluation" / "report.json"
+    return json.loads(report.read_text()).get("summary", {}) if report.exists() else {}
+
+
+def _mean(summary: dict, key: str) -> float:
+    return float(summary.get(key, {}).get("mean", float("nan")))
 
 
 def _losses(result: dict) -> dict:
@@ -193,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{stage}_steps", type=int, default=None, help="default: the demo config's steps")
     parser.add_argument("--batch", type=int, default=None, help="global batch; default: the demo config's")
     parser.add_argument("--synth_limit", type=int, default=None, help="synthesize only the first N held-out lines")
+    parser.add_argument("--no_diagnosis", action="store_true",
+                        help="skip the stage-wise diagnosis (true codes through S2M, copy synthesis; ~3 min)")
     args = parser.parse_args(argv)
     stages = tuple(s for s in args.stages.split(",") if s)
     steps = {s: getattr(args, f"{s}_steps") for s in DEMO_ORDER if getattr(args, f"{s}_steps")}
-    run(args.workdir, args.num_utterances, args.scale, args.num_workers, stages, steps, args.batch, args.synth_limit)
+    run(args.workdir, args.num_utterances, args.scale, args.num_workers, stages, steps, args.batch, args.synth_limit,
+        diagnose=not args.no_diagnosis)
     return 0
 
 

@@ -1,5 +1,6 @@
 """The main job (demo recipe) end to end at its smallest size: corpus, held-out list, BPE, configs, the
-four training stages (2 steps each), export, synthesis of a held-out sentence, its evaluation report.
+four training stages (2 steps each), export, synthesis of a held-out sentence, its evaluation report, the
+stage-wise diagnosis (true codes through S2M, copy synthesis).
 
 The stages' own behaviour (losses fall, sharded == single device, resume) is tested in
 tests/test_train_*.py on synthetic shards; this test checks that the recipe chains them into a bundle
@@ -52,6 +53,15 @@ def test_demo_recipe_end_to_end_smallest(tmp_path):
     audio, sr = sf.read(wav)
     assert sr == 22050 and audio.size > 0 and np.isfinite(audio).all()
     assert (tmp_path / "evaluation" / "report.md").exists() and (tmp_path / "evaluation" / "report.json").exists()
+    # the stage-wise diagnosis: the recording's codes through S2M + vocoder, its mel through the vocoder
+    for name in ("true_codes", "copy_synthesis"):
+        d = tmp_path / "diagnosis" / name
+        audio, sr = sf.read(d / f"{held[0]['id']}.wav")
+        assert sr == 22050 and audio.size > 0 and np.isfinite(audio).all(), name
+        assert (d / "evaluation" / "report.json").exists() and s["diagnosis"][name]["summary"], name
+    reference, _ = sf.read(held[0]["audio"])
+    copy, _ = sf.read(tmp_path / "diagnosis" / "copy_synthesis" / f"{held[0]['id']}.wav")
+    assert copy.size == (reference.size // 256) * 256  # one hop per mel frame
     assert summary["status"].startswith("complete")
 
 

@@ -195,6 +195,51 @@ def test_vocoder_silence_padding_invariance(tts):
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6, rtol=0)
 
 
+def test_given_codes(tts, prompts):
+    """``codes=`` speaks given semantic codes (no generation): the output has their length; in one batch with a
+    generated job both equal their one-by-one runs; ``semantic_codes`` gives a recording's codes (the prompt
+    front end + codec); bad codes are refused."""
+    codes = tts.semantic_codes(prompts["spk2"])
+    assert codes.dtype == np.int32 and codes.shape == (tts.speaker_features(prompts["spk2"]).length,)
+    assert 0 <= codes.min() and codes.max() < tts.cfg.inference_codec.codebook_size
+    wave, _, rep = tts.synthesize("hello world.", prompts["spk"], codes=codes[:12], seed=5)
+    (seg,) = rep["segments"]
+    assert seg["codes_given"] and seg["codes"] == 12 and seg["stopped"]
+    assert wave.shape[0] == seg["samples"] == int(np.float32(12) * np.float32(1.72)) * 256
+    assert np.all(np.isfinite(wave)) and np.std(wave) > 0
+    jobs = [dict(text="hello world.", speaker_prompt=prompts["spk"], codes=codes[:12].tolist(), seed=5),
+            dict(text="the quick brown fox.", speaker_prompt=prompts["spk2"], seed=2)]
+    batch = tts.synthesize_batch(jobs, batch_size=2, **GREEDY)
+    for job, (wave_b, _, rep_b) in zip(jobs, batch):
+        wave_1, _, rep_1 = tts.synthesize_batch([job], batch_size=1, **GREEDY)[0]
+        assert rep_b["segments"][0]["codes_given"] == ("codes" in job)
+        assert rep_b["segments"][0]["codes"] == rep_1["segments"][0]["codes"]
+        np.testing.assert_allclose(wave_b, wave_1, atol=5e-5, rtol=0)  # as test_batch_equals_one_by_one
+    np.testing.assert_allclose(batch[0][0], wave, atol=5e-5, rtol=0)
+    for bad, kw in (([1, 2], dict(target_tokens=4)), ([-1, 2], {}), ([[1, 2]], {}), ([], {}), ([0.5, 1.0], {}),
+                    ([tts.cfg.inference_codec.codebook_size], {})):
+        with pytest.raises(errors.ConfigError):
+            tts.synthesize("hello world.", prompts["spk"], codes=bad, **kw)
+    with pytest.raises(errors.ConfigError, match="one segment"):
+        tts.synthesize(TEXT, prompts["spk"], codes=codes[:12], max_text_tokens_per_segment=24)
+
+
+def test_vocode(tts):
+    """``vocode`` of one mel equals its row in a batch with a longer mel (silence-padded buckets)."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(-5.0, 2.0, size=(20, 80)).astype(np.float32)
+    b = rng.normal(-5.0, 2.0, size=(45, 80)).astype(np.float32)
+    wave = tts.vocode(a)
+    assert wave.shape == (20 * 256,) and wave.dtype == np.float32
+    rows = np.full((2, 45, 80), pipeline.SILENCE_LOG_MEL, np.float32)
+    rows[0, :20], rows[1] = a, b
+    together = tts._vocode_rows(rows, np.array([20, 45]))
+    np.testing.assert_allclose(wave, np.clip(together[0], -1, 1), atol=1e-6, rtol=0)
+    assert together[1].shape == (45 * 256,)
+    with pytest.raises(errors.ConfigError):
+        tts.vocode(a[:, :40])
+
+
 def test_emotion_modes(tts, prompts):
     spk = prompts["spk"]
     base, _, r0 = tts.synthesize("hello world.", spk, **GREEDY)

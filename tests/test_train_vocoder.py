@@ -1,6 +1,7 @@
 """The vocoder stage (BigVGAN GAN training) on tiny synthetic audio: the mel loss falls, 8 sharded devices
 (2,2,2) give the losses of one, a stopped and restarted run continues exactly, the per-part optimizer hook,
-the gradient split of the single loss (G gets grad L_G, D gets grad L_D), samples logged, fine-tuning from
+the gradient split of the single loss (G gets grad L_G, D gets grad L_D), the mel-only warm-up before
+the discriminators join, samples logged, fine-tuning from
 a converted official BigVGAN (generator only, discriminators from scratch).
 
 Sizes: a 2-stage generator (16 x 16 = 256x), MPD periods 2, 3 and one small CQT discriminator, 16-frame
@@ -27,10 +28,12 @@ STEPS = 12
 STOP = 6  # the interrupted run stops (and saves) here
 SHARDED_STEPS = 3
 LR = 2e-3
+WARM_UP = 2  # mel-only steps before the discriminators join (the sharded run covers both kinds of step)
 
 OVERRIDES = {
     "vocoder.segment_frames": 16,
     "vocoder.learning_rate": LR,
+    "vocoder.discriminator_start_step": WARM_UP,
     "vocoder.discriminator_learning_rate": LR,
     "vocoder.mel_loss_windows": (32, 64, 128, 256),
     "vocoder.mel_loss_mels": (5, 10, 20, 40),
@@ -145,6 +148,38 @@ def test_single_loss_splits_the_gradients(started, shards):
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(cross))
 
 
+def test_mel_only_warm_up(started, shards):
+    """Before ``discriminator_start_step`` the step is the generator's mel loss alone (no discriminator pass:
+    zero gradients for the discriminators, zero adversarial terms); from it on, and in evaluation (step None),
+    the full GAN loss."""
+    from indextts2_jax.train.tasks.vocoder import VocoderTask
+
+    task = VocoderTask(vocoder_config(shards))
+    batch = {k: jnp.asarray(v[:2]) for k, v in task.first_batches(1)[0].items()}
+    params = _random_params(task, batch, seed=1)
+
+    def at(p, step):
+        return jax.value_and_grad(lambda q: task.loss_fn(q, batch, jax.random.key(1), True, step=step),
+                                  has_aux=True)(p)
+
+    def both(p):
+        return at(p, jnp.int32(WARM_UP - 1)), at(p, jnp.int32(WARM_UP)), at(p, None)
+
+    (warm, g_warm), (gan, g_gan), (full, _) = (
+        jax.jit(both).lower(params).compile({"xla_backend_optimization_level": 0})(params))
+    lam = float(task.config.vocoder.lambda_mel)
+    assert float(warm[1]["adversarial"]) == 0.0 and float(gan[1]["adversarial"]) == 1.0
+    for key in ("d_loss", "g_adv", "feature_matching"):
+        assert float(warm[1][key]) == 0.0 and float(gan[1][key]) > 0.0, key
+    np.testing.assert_allclose(float(warm[0]), lam * float(warm[1]["mel_l1"]), rtol=1e-6)
+    assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(g_warm["discriminator"]))
+    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_gan["discriminator"])) > 0.0
+    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_warm["generator"])) > 0.0
+    for key, value in full[1].items():  # the GAN branch is the full loss; the mel term is shared
+        np.testing.assert_allclose(float(gan[1][key]), float(value), rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(float(warm[1]["mel_l1"]), float(full[1]["mel_l1"]), rtol=1e-6)
+
+
 def test_optimizer_groups_and_hook(shards):
     """Generator, MPD and CQTD/MRD are clipped separately (then AdamW); lr decays per step."""
     from indextts2_jax.train.tasks.vocoder import VocoderTask
@@ -212,6 +247,9 @@ def test_mel_loss_falls(runs):
     assert last < 0.5 * first, (first, last)  # measured: 4.49 -> 1.37
     for key in ("d_loss", "g_adv", "feature_matching", "mel_l1", "total", "d_real", "d_fake", "g_loss"):
         assert all(np.isfinite(r[key]) for r in rows.values()), key
+    # the trainer passes the step: mel-only steps first, then the discriminators join
+    assert [rows[s]["adversarial"] for s in range(1, WARM_UP + 2)] == [0.0] * WARM_UP + [1.0]
+    assert rows[1]["d_loss"] == 0.0 and rows[WARM_UP + 1]["d_loss"] > 0.0
     # the trainer used the task's optimizer: the vocoder's lr (no warm-up), not config.optimizer's
     np.testing.assert_allclose(rows[1]["learning_rate"], LR, rtol=1e-6)
     np.testing.assert_allclose(rows[1]["loss"], rows[1]["total"], rtol=1e-6)

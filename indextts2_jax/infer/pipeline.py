@@ -188,7 +188,7 @@ SAMPLING_DEFAULTS = dict(do_sample=True, num_beams=3, top_k=30, top_p=0.8, tempe
                          repetition_penalty=10.0, length_penalty=0.0, max_mel_tokens=1500)
 JOB_KEYS = ("text", "speaker_prompt", "emotion_prompt", "emotion_vector", "emotion_alpha", "use_emotion_text",
             "use_random", "target_tokens", "duration_seconds", "seed", "max_text_tokens_per_segment",
-            "interval_silence_ms", "out", "id")
+            "interval_silence_ms", "codes", "out", "id")
 STAGES = ("prompt", "text", "conditioning", "generation", "latent", "s2m", "vocoder")
 
 
@@ -308,9 +308,9 @@ class IndexTTS2:
             hidden = w2v_model.apply({"params": params["w2v"]}, feats, mask, return_all=False)
             return w2v_bert.normalize_hidden(hidden, params["w2v_mean"], params["w2v_var"])
 
-        def codec_quantize(params, emb, mask):
+        def codec_quantize(params, emb, mask):  # (codes (B, T), quantized embeddings (B, T, D))
             return codec_model.apply({"params": params["codec"]}, emb, mask,
-                                     method=semantic_codec.SemanticCodec.quantize)[1]
+                                     method=semantic_codec.SemanticCodec.quantize)
 
         def style(params, fbank):
             return camp_model.apply(params["campplus"], fbank)
@@ -394,7 +394,7 @@ class IndexTTS2:
         wav_22k, wav_16k = audio_lib.load_speaker_prompt(path, truncate_seconds=self.prompt_max_seconds)
         emb, t = self._semantic(wav_22k, wav_16k)
         mask = jnp.asarray(np.arange(emb.shape[1])[None, :] < t)
-        S_ref = self._codec(self.params, emb, mask)
+        S_ref = self._codec(self.params, emb, mask)[1]
         mel = np.asarray(audio_lib.mel_spectrogram(wav_22k[None], self.cfg.mel))  # (1, P, n_mels)
         p = mel.shape[1]
         pb = self._frame_bucket(p, 64)
@@ -405,6 +405,38 @@ class IndexTTS2:
                                 style=style_vec, seconds=wav_22k.shape[0] / 22050.0)
         self.prompt_cache.put(key, feats)
         return feats
+
+    def semantic_codes(self, path) -> np.ndarray:
+        """The semantic codes (T,) int32 of an audio file: the speaker-prompt front end (w2v-BERT or the demo's
+        stacked mel) and the codec, as the GPT predicts them (~50 per second; 43 with the stacked-mel front end).
+        With :meth:`synthesize`'s ``codes=`` they resynthesize the file's content in another voice, or score the
+        S2M and vocoder on true codes."""
+        wav_22k, wav_16k = audio_lib.load_speaker_prompt(path, truncate_seconds=None)
+        emb, t = self._semantic(wav_22k, wav_16k)
+        mask = jnp.asarray(np.arange(emb.shape[1])[None, :] < t)
+        return np.asarray(self._codec(self.params, emb, mask)[0])[0, :t].astype(np.int32)
+
+    def vocode(self, mel) -> np.ndarray:
+        """BigVGAN on one log-mel (T, n_mels) (``audio.mel_spectrogram``'s layout): the waveform (T * hop,) float32,
+        clipped to [-1, 1]. Runs on the silence-padded frame bucket as synthesis does (no compile per length)."""
+        mel = np.asarray(mel, np.float32)
+        if mel.ndim != 2 or mel.shape[1] != self.cfg.bigvgan.num_mels or mel.shape[0] < 1:
+            raise ConfigError(f"vocode: expected a (frames, {self.cfg.bigvgan.num_mels}) log-mel, got {mel.shape}")
+        (wave,) = self._vocode_rows(mel[None], np.array([mel.shape[0]]))
+        return np.clip(wave, -1.0, 1.0)
+
+    def _vocode_rows(self, mel: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """Rows of ``mel`` (B, T, n_mels) with ``lengths`` valid frames -> B waves (lengths[i] * hop,)."""
+        if self.exact_vocoder:
+            return [np.asarray(self._vocode(self.params, jnp.asarray(mel[i: i + 1, : lengths[i]])))[0]
+                    for i in range(mel.shape[0])]
+        b = batch_bucket(mel.shape[0])
+        fb = self._frame_bucket(int(lengths.max()) + self.vocoder_margin, 32)
+        padded = np.full((b, fb, mel.shape[2]), SILENCE_LOG_MEL, np.float32)
+        for i in range(mel.shape[0]):
+            padded[i, : lengths[i]] = mel[i, : lengths[i]]
+        w = np.asarray(self._vocode(self.params, jnp.asarray(padded)))
+        return [w[i, : lengths[i] * self.hop] for i in range(mel.shape[0])]
 
     def emotion_features(self, path) -> EmotionFeatures:
         """The cached emotion-prompt features (``librosa.load(path, sr=16000)`` path; the stacked-mel front-end
@@ -448,6 +480,26 @@ class IndexTTS2:
                 f"emotion_vector needs the emotion matrices (feat1/feat2: spk_matrix, emo_matrix), which this model "
                 f"({self.assets.source}) does not have (a model trained by this port's recipe has none); use an "
                 "emotion_prompt audio file or the speaker prompt's own emotion instead")
+
+    def _given_codes(self, job: dict, segments: list) -> np.ndarray | None:
+        """A job's ``codes`` (semantic codes to speak instead of generating them: :meth:`semantic_codes`), checked."""
+        codes = job.get("codes")
+        if codes is None:
+            return None
+        if job.get("target_tokens") is not None or job.get("duration_seconds") is not None:
+            raise ConfigError("codes fix the length: give codes or target_tokens/duration_seconds, not both")
+        if len(segments) != 1:
+            raise ConfigError(f"codes go with a text of one segment; this text has {len(segments)} "
+                              "(raise max_text_tokens_per_segment or shorten the text)")
+        arr = np.asarray(codes)
+        limit = self.cfg.gpt.mel_positions - 2
+        if arr.ndim != 1 or arr.size == 0 or arr.size > limit or not np.issubdtype(arr.dtype, np.integer):
+            raise ConfigError(f"codes: expected 1 to {limit} integers (a 1-D list), got shape {arr.shape} "
+                              f"dtype {arr.dtype}")
+        n_codes = int(self.cfg.inference_codec.codebook_size)
+        if arr.min() < 0 or arr.max() >= n_codes:
+            raise ConfigError(f"codes: values must lie in [0, {n_codes}), got [{arr.min()}, {arr.max()}]")
+        return arr.astype(np.int32)
 
     def _resolve_job(self, job: dict, report: dict, timings: dict):
         """Emotion mode + prompt features + conds (1, 34, D) of one job."""
@@ -537,7 +589,7 @@ class IndexTTS2:
                    emotion_alpha: float = 1.0, target_tokens: int | None = None,
                    duration_seconds: float | None = None, *, seed: int = 0, max_text_tokens_per_segment: int = 120,
                    interval_silence_ms: float = 200, use_emotion_text: bool = False, use_random: bool = False,
-                   batch_size: int = 1, progress: bool = False, **sampling):
+                   codes=None, batch_size: int = 1, progress: bool = False, **sampling):
         """Synthesize ``text`` in the voice of ``speaker_prompt``.
 
         Sampling options (infer_v2 defaults): do_sample=True, num_beams=3, top_k=30, top_p=0.8,
@@ -545,7 +597,8 @@ class IndexTTS2:
         what the GPT's mel position table holds: 401 for the demo GPT).
         ``target_tokens`` (exact code count for the whole text) or ``duration_seconds`` (converted at
         :attr:`code_rate`, silences subtracted) split over the segments by their token counts.
-        ``batch_size`` > 1 runs that many segments of the text together.
+        ``batch_size`` > 1 runs that many segments of the text together. ``codes``: semantic codes to speak
+        instead of generating them (see :meth:`synthesize_batch`).
 
         Returns ``(wave float32 (N,), sample_rate, report)``.
         """
@@ -553,7 +606,7 @@ class IndexTTS2:
                    emotion_vector=emotion_vector, emotion_alpha=emotion_alpha, target_tokens=target_tokens,
                    duration_seconds=duration_seconds, seed=seed, interval_silence_ms=interval_silence_ms,
                    max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
-                   use_random=use_random)
+                   use_random=use_random, codes=codes)
         (result,) = self.synthesize_batch([job], batch_size=batch_size, progress=progress, **sampling)
         return result
 
@@ -576,7 +629,9 @@ class IndexTTS2:
 
         Each job is a dict with ``text``, ``speaker_prompt`` and optionally ``emotion_prompt``,
         ``emotion_vector``, ``emotion_alpha``, ``target_tokens`` | ``duration_seconds``, ``seed``,
-        ``max_text_tokens_per_segment``, ``interval_silence_ms`` (``out``/``id`` are carried along).
+        ``max_text_tokens_per_segment``, ``interval_silence_ms`` (``out``/``id`` are carried along), and ``codes``:
+        semantic codes to speak (a text of one segment; e.g. :meth:`semantic_codes` of a recording) instead of
+        generating them; the GPT then only gives their latent (teacher-forced over the text and the codes).
         Sampling options apply to all jobs. Returns one ``(wave, sample_rate, report)`` per job.
         """
         decode = self._decode_config(sampling)
@@ -607,9 +662,10 @@ class IndexTTS2:
                     raise ConfigError(f"a segment needs {max(targets)} codes, more than max_mel_tokens="
                                       f"{decode.max_new_tokens}; raise max_mel_tokens")
             report["target_tokens"] = None if total is None else int(total)
+            given = self._given_codes(job, segments)
             seed = int(job.get("seed", 0) or 0)
             for s, (ids, tgt) in enumerate(zip(segments, targets)):
-                items.append(dict(job=j, seg=s, ids=ids, target=tgt, seed=seed))
+                items.append(dict(job=j, seg=s, ids=ids, target=tgt, seed=seed, codes=given))
             report["segments"] = [None] * len(segments)
             report["silence_samples"] = int(self.sample_rate * silence_ms / 1000.0)
             reports.append(report)
@@ -683,10 +739,20 @@ class IndexTTS2:
             text_lens[i] = len(r["ids"])
         conds = jnp.concatenate([job_conds[r["job"]] for r in rows], axis=0)
         targets = np.array([r["target"] for r in rows], np.int32)
-        rng = jax.random.fold_in(jax.random.PRNGKey(rows[0]["seed"]), rows[0]["seg"])
-        out = generate(self.gpt_model, self.params["gpt"], conds, jnp.asarray(text), jnp.asarray(text_lens),
-                       decode=decode, rng=rng, target_tokens=jnp.asarray(targets))
-        codes_all, lengths = np.asarray(out.codes), np.asarray(out.lengths)
+        given = [r["codes"] for r in rows]
+        if all(g is not None for g in given):  # nothing to generate
+            codes_all, lengths = np.zeros((b, 1), np.int32), np.zeros((b,), np.int32)
+        else:
+            rng = jax.random.fold_in(jax.random.PRNGKey(rows[0]["seed"]), rows[0]["seg"])
+            out = generate(self.gpt_model, self.params["gpt"], conds, jnp.asarray(text), jnp.asarray(text_lens),
+                           decode=decode, rng=rng, target_tokens=jnp.asarray(targets))
+            codes_all, lengths = np.asarray(out.codes), np.array(out.lengths)
+        if any(g is not None for g in given):
+            width = max([codes_all.shape[1]] + [len(g) for g in given if g is not None])
+            codes_all = np.pad(codes_all, ((0, 0), (0, width - codes_all.shape[1])))
+            for i, g in enumerate(given):
+                if g is not None:
+                    codes_all[i, : len(g)], lengths[i] = g, len(g)
         timings["generation"] += time.perf_counter() - t0
         # ---- latent
         t0 = time.perf_counter()
@@ -726,24 +792,13 @@ class IndexTTS2:
         timings["s2m"] += time.perf_counter() - t0
         # ---- vocoder
         t0 = time.perf_counter()
-        mel = np.asarray(mel)
-        waves = []
-        if self.exact_vocoder:
-            for i in range(n):
-                w = self._vocode(self.params, jnp.asarray(mel[i: i + 1, : target_lens[i]]))
-                waves.append(np.asarray(w)[0])
-        else:
-            fb = self._frame_bucket(int(target_lens.max()) + self.vocoder_margin, 32)
-            padded = np.full((b, fb, mel.shape[2]), SILENCE_LOG_MEL, np.float32)
-            for i in range(b):
-                padded[i, : target_lens[i]] = mel[i, : target_lens[i]]
-            w = np.asarray(self._vocode(self.params, jnp.asarray(padded)))
-            waves = [w[i, : target_lens[i] * self.hop] for i in range(n)]
+        waves = self._vocode_rows(np.asarray(mel)[:n], target_lens[:n])
         timings["vocoder"] += time.perf_counter() - t0
         results = []
         for i, r in enumerate(chunk):
-            stopped = bool(lengths[i] < decode.max_new_tokens) or r["target"] > 0
-            info = {"text_tokens": len(r["ids"]), "codes": int(code_lens[i]), "mel_frames": int(target_lens[i]),
+            stopped = bool(lengths[i] < decode.max_new_tokens) or r["target"] > 0 or r["codes"] is not None
+            info = {"text_tokens": len(r["ids"]), "codes": int(code_lens[i]), "codes_given": r["codes"] is not None,
+                    "mel_frames": int(target_lens[i]),
                     "target_tokens": int(r["target"]) or None, "stopped": stopped,
                     "samples": int(target_lens[i]) * self.hop}
             if not stopped:

@@ -64,8 +64,11 @@ class Task:
         """Params (may be boxed with logical axis names)."""
         raise NotImplementedError
 
-    def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool = True):
-        """``(scalar loss, {name: scalar metric})``."""
+    def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool = True,
+                step: jax.Array | None = None):
+        """``(scalar loss, {name: scalar metric})``. ``step``: the training step being taken (0-based, traced)
+        in the train step, None in evaluation; a loss that changes over training (the vocoder's mel-only
+        warm-up) reads it, and must give its full form when it is None. Metrics keep one structure either way."""
         raise NotImplementedError
 
     def train_iterator(self, process_index: int, process_count: int) -> Iterator:
@@ -188,7 +191,8 @@ def _tree_norm(tree) -> jax.Array:
 def build_step(task: Task, tx, schedule):
     def train_step(state: TrainState, batch, rng):
         step_rng = jax.random.fold_in(rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng, True)
+        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng, True,
+                                                                              step=state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
         params = task.post_update(params, batch, jax.random.fold_in(step_rng, 1 << 30), state.step)

@@ -330,7 +330,7 @@ class S2melTask(PipelineTask):
                    "mel_frames": jnp.sum(jnp.where(valid, batch["mel_lengths"], 0)).astype(jnp.float32)}
         return mel, mu, style, prompt_lens, mel_len, valid, metrics
 
-    def loss_fn(self, params, batch, rng, train: bool = True):
+    def loss_fn(self, params, batch, rng, train: bool = True, step=None):
         s = self.config.s2mel
         k_prep, k_cfm = jax.random.split(rng)
         mel, mu, style, prompt_lens, mel_len, valid, metrics = self.prepare(params, batch, k_prep, train)
