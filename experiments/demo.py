@@ -43,7 +43,8 @@ def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_wor
         stages: tuple[str, ...] = DEMO_ORDER, steps: dict[str, int] | None = None, batch: int | None = None,
         synth_limit: int | None = None, diagnose: bool = True) -> dict:
     """The recipe (see the module docstring); ``steps`` maps a stage to its step count (default: the config's),
-    ``synth_limit`` caps the held-out sentences synthesized; ``diagnose`` adds the stage-wise diagnosis runs. Returns the summary (also ``summary.json``)."""
+    ``synth_limit`` caps the held-out sentences synthesized; ``diagnose`` adds the stage-wise diagnosis runs.
+    Returns the summary (also ``summary.json``)."""
     steps = dict(steps or {})
     from configs import demo
     from data_pipeline.demo_corpus import build_demo_corpus
