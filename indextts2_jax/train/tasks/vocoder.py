@@ -346,7 +346,8 @@ class VocoderTask(PipelineTask):
     def flops_per_step(self, batch, num_params: int) -> float:
         """XLA's count of one generator forward and one discriminator forward over the batch, times 3
         (forward + backward) for G and 3 * 3 for the discriminators (the D pass on 2B rows and the G
-        pass on B rows, each with its backward). The multi-scale mel loss is left out (small)."""
+        pass on B rows, each with its backward). The multi-scale mel loss is left out (small). The count is
+        the GAN step's: during a mel-only warm-up (``discriminator_start_step``) the logged MFU overstates."""
         key = (tuple(batch["mel"].shape), tuple(batch["wave"].shape))
         if key not in self._flops:
             gen = jax.eval_shape(lambda r: nn.unbox(self.generator.init(r, jnp.zeros((1, 4, batch["mel"].shape[2]))))
