@@ -14,6 +14,7 @@ scratch.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -68,7 +69,8 @@ class Task:
                 step: jax.Array | None = None):
         """``(scalar loss, {name: scalar metric})``. ``step``: the training step being taken (0-based, traced)
         in the train step, None in evaluation; a loss that changes over training (the vocoder's mel-only
-        warm-up) reads it, and must give its full form when it is None. Metrics keep one structure either way."""
+        warm-up) reads it, and must give its full form when it is None. Metrics keep one structure either way.
+        A subclass whose ``loss_fn`` has no ``step`` parameter is called without it."""
         raise NotImplementedError
 
     def train_iterator(self, process_index: int, process_count: int) -> Iterator:
@@ -188,11 +190,20 @@ def _tree_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros(())
 
 
+def _takes_step(loss_fn) -> bool:
+    """Whether a task's ``loss_fn`` accepts ``step=`` (tasks written before it was added do not)."""
+    params = inspect.signature(loss_fn).parameters
+    return "step" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def build_step(task: Task, tx, schedule):
+    takes_step = _takes_step(task.loss_fn)
+
     def train_step(state: TrainState, batch, rng):
         step_rng = jax.random.fold_in(rng, state.step)
+        kw = {"step": state.step} if takes_step else {}
         (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng, True,
-                                                                              step=state.step)
+                                                                              **kw)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
         params = task.post_update(params, batch, jax.random.fold_in(step_rng, 1 << 30), state.step)

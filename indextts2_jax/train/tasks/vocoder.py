@@ -25,7 +25,9 @@ One step, one loss (the generic trainer takes one ``loss_fn`` and one optax tran
 Mel-only warm-up (``vocoder.discriminator_start_step`` = N > 0; 0, the default, is the official
 training): train steps before N skip the discriminators (one ``lax.cond``: no discriminator pass, a
 generator step on ``lambda_mel * mel L1`` alone, zero gradients for the discriminators, whose AdamW
-weight decay still applies), as ParallelWaveGAN's ``discriminator_train_start_steps``; from step N on,
+weight decay still applies), as ParallelWaveGAN's ``discriminator_train_start_steps``. On several devices
+the discriminator terms are multiplied by 0 instead (the same losses and gradients, no saving): XLA:CPU's
+in-process collectives inside a conditional deadlocked under load with 8 simulated devices; from step N on,
 and always in evaluation, the full GAN losses. A generator from scratch learns the mel mapping ~3x
 faster per second without the discriminator passes (see ``configs/demo.py``).
 
@@ -313,8 +315,11 @@ class VocoderTask(PipelineTask):
         start = int(v.get("discriminator_start_step", 0))
         if step is None or start <= 0:
             parts = adversarial(None)
-        else:
+        elif jax.device_count() == 1:
             parts = jax.lax.cond(step >= start, adversarial, warm_up, None)
+        else:  # the same losses and gradients, D passes kept (no conditional around collectives: see docstring)
+            on = (step >= start).astype(jnp.float32)
+            parts = {k: x * on for k, x in adversarial(None).items()}
         d_loss = parts["d_real"] + parts["d_fake"]
         g_loss = (float(v.lambda_adv) * parts["g_adv"] + float(v.lambda_fm) * parts["feature_matching"]
                   + float(v.lambda_mel) * mel_l1)
