@@ -173,7 +173,7 @@ def _synthesize_and_evaluate(out: Path, heldout_path: Path, limit: int | None, d
                            "summary": ev.get("summary", {})}
     print(f"[demo] evaluation report: {out / 'evaluation' / 'report.md'}")
     if diagnose:
-        steps["diagnosis"] = _diagnose(out, tts, held, eval_jobs, evaluate_run)
+        steps["diagnosis"] = _diagnose(out, tts, held, eval_jobs, evaluate_run, ev.get("summary", {}))
     return steps
 
 
@@ -183,11 +183,12 @@ DIAGNOSIS = {  # what each diagnosis run replaces by the truth, upstream of the 
 }
 
 
-def _diagnose(out: Path, tts, held: list[dict], eval_jobs: list[dict], evaluate_run) -> dict:
+def _diagnose(out: Path, tts, held: list[dict], eval_jobs: list[dict], evaluate_run, system: dict) -> dict:
     """Where the quality is lost: the held-out sentences again, with the truth fed in below the GPT
     (``true_codes``: ``semantic_codes`` of the recording spoken through S2M and the vocoder, the same prompt)
     and below S2M (``copy_synthesis``: the recording's log-mel through the vocoder), each scored like the
-    system's outputs (``diagnosis/<name>/evaluation/report.md``)."""
+    system's outputs (``diagnosis/<name>/evaluation/report.md``); ``system`` is the system's evaluation summary,
+    printed above them."""
     import numpy as np
 
     from indextts2_jax import audio as audio_lib
@@ -212,18 +213,13 @@ def _diagnose(out: Path, tts, held: list[dict], eval_jobs: list[dict], evaluate_
         ev = evaluate_run(jobs, wav_dir / "evaluation")
         result[name] = {"what": what, "dir": str(wav_dir), "seconds": round(time.perf_counter() - t, 1),
                         "summary": ev.get("summary", {})}
-    rows = [("system", {"summary": _summary_of(out)})] + list(result.items())
+    rows = [("system", {"summary": system})] + list(result.items())
     print("[demo] diagnosis (held-out sentences; mean WER, speaker similarity, DNSMOS OVRL):")
     for name, r in rows:
         m = r["summary"]
         print(f"[demo]   {name:15s} WER {_mean(m, 'wer'):6.1%}  sim {_mean(m, 'sim_resemblyzer'):.3f}  "
               f"DNSMOS {_mean(m, 'dnsmos_ovrl'):.2f}")
     return result
-
-
-def _summary_of(out: Path) -> dict:
-    report = out / "evaluation" / "report.json"
-    return json.loads(report.read_text()).get("summary", {}) if report.exists() else {}
 
 
 def _mean(summary: dict, key: str) -> float:

@@ -392,9 +392,7 @@ class IndexTTS2:
             return self.prompt_cache[key]
         self.cache_stats["misses"] += 1
         wav_22k, wav_16k = audio_lib.load_speaker_prompt(path, truncate_seconds=self.prompt_max_seconds)
-        emb, t = self._semantic(wav_22k, wav_16k)
-        mask = jnp.asarray(np.arange(emb.shape[1])[None, :] < t)
-        S_ref = self._codec(self.params, emb, mask)[1]
+        emb, t, _, S_ref = self._quantized(wav_22k, wav_16k)
         mel = np.asarray(audio_lib.mel_spectrogram(wav_22k[None], self.cfg.mel))  # (1, P, n_mels)
         p = mel.shape[1]
         pb = self._frame_bucket(p, 64)
@@ -412,9 +410,15 @@ class IndexTTS2:
         With :meth:`synthesize`'s ``codes=`` they resynthesize the file's content in another voice, or score the
         S2M and vocoder on true codes."""
         wav_22k, wav_16k = audio_lib.load_speaker_prompt(path, truncate_seconds=None)
-        emb, t = self._semantic(wav_22k, wav_16k)
+        _, t, codes, _ = self._quantized(wav_22k, wav_16k)
+        return np.asarray(codes)[0, :t].astype(np.int32)
+
+    def _quantized(self, wave_22k: np.ndarray, wave_16k: np.ndarray):
+        """:meth:`_semantic` then the codec: (features (1, Tb, H), T, codes (1, Tb), quantized (1, Tb, D))."""
+        emb, t = self._semantic(wave_22k, wave_16k)
         mask = jnp.asarray(np.arange(emb.shape[1])[None, :] < t)
-        return np.asarray(self._codec(self.params, emb, mask)[0])[0, :t].astype(np.int32)
+        codes, quantized = self._codec(self.params, emb, mask)
+        return emb, t, codes, quantized
 
     def vocode(self, mel) -> np.ndarray:
         """BigVGAN on one log-mel (T, n_mels) (``audio.mel_spectrogram``'s layout): the waveform (T * hop,) float32,

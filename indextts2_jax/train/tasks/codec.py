@@ -156,7 +156,7 @@ class CodecTask(PipelineTask):
         return params
 
     # -- loss -----------------------------------------------------------------------------------
-    def loss_fn(self, params, batch, rng, train: bool = True, step=None):
+    def loss_fn(self, params, batch, rng, train: bool = True):
         cc = self.config.codec
         feats = batch["semantic_features"].astype(jnp.float32)
         mask = frame_mask(batch)

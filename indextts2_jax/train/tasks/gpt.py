@@ -222,7 +222,7 @@ class GptTask(PipelineTask):
                                      mask, method=SemanticCodec.quantize)
         return jax.lax.stop_gradient(codes)
 
-    def loss_fn(self, params, batch, rng, train: bool = True, step=None):
+    def loss_fn(self, params, batch, rng, train: bool = True):
         g = self.config.gpt
         valid = batch["valid"].astype(bool)
         feats = batch["semantic_features"]

@@ -224,7 +224,6 @@ class S2melTask(PipelineTask):
 
     # -- params ---------------------------------------------------------------------------------
     def init_params(self, rng, batch):
-
         with no_mesh():
             return s2m._init_params(self.model_config, rng, unbox=False)
 
@@ -330,7 +329,7 @@ class S2melTask(PipelineTask):
                    "mel_frames": jnp.sum(jnp.where(valid, batch["mel_lengths"], 0)).astype(jnp.float32)}
         return mel, mu, style, prompt_lens, mel_len, valid, metrics
 
-    def loss_fn(self, params, batch, rng, train: bool = True, step=None):
+    def loss_fn(self, params, batch, rng, train: bool = True):
         s = self.config.s2mel
         k_prep, k_cfm = jax.random.split(rng)
         mel, mu, style, prompt_lens, mel_len, valid, metrics = self.prepare(params, batch, k_prep, train)
@@ -363,7 +362,6 @@ class S2melTask(PipelineTask):
         of the true mel as prompt, noise from ``fold_in(key(seed), step)``. Prompt frames of the prediction
         are the prompt itself.
         """
-
         s = self.config.s2mel
         batch = self._first_eval_batch()
         n = int(batch["mel_lengths"][0])
@@ -400,7 +398,6 @@ class S2melTask(PipelineTask):
 
     def vocode(self, mel: np.ndarray) -> np.ndarray:
         """(T, n_mels) log-mel -> (T * hop,) float32 waveform with ``s2mel.vocoder_checkpoint``'s BigVGAN."""
-
         if self._vocoder is None:
             from indextts2_jax.models.bigvgan import BigVGAN
             from indextts2_jax.train.tasks.vocoder import generator_config_from, load_generator_params

@@ -25,11 +25,12 @@ One step, one loss (the generic trainer takes one ``loss_fn`` and one optax tran
 Mel-only warm-up (``vocoder.discriminator_start_step`` = N > 0; 0, the default, is the official
 training): train steps before N skip the discriminators (one ``lax.cond``: no discriminator pass, a
 generator step on ``lambda_mel * mel L1`` alone, zero gradients for the discriminators, whose AdamW
-weight decay still applies), as ParallelWaveGAN's ``discriminator_train_start_steps``. On several devices
-the discriminator terms are multiplied by 0 instead (the same losses and gradients, no saving): XLA:CPU's
-in-process collectives inside a conditional deadlocked under load with 8 simulated devices; from step N on,
-and always in evaluation, the full GAN losses. A generator from scratch learns the mel mapping ~3x
-faster per second without the discriminator passes (see ``configs/demo.py``).
+weight decay still applies), as ParallelWaveGAN's ``discriminator_train_start_steps``; from step N on,
+and always in evaluation, the full GAN losses. On several devices the discriminator terms are multiplied
+by 0 instead of skipped (the same losses and gradients, no saving): with the conditional, XLA:CPU's
+in-process collectives inside it hit their 40 s rendezvous timeout under load with 8 simulated devices.
+A generator from scratch learns the mel mapping ~3x faster per second without the discriminator passes
+(see ``configs/demo.py``).
 
 Unlike the official alternating update (D steps first, then G is scored by the *updated* D), the
 generator and the discriminators see the same discriminator params within a step (a simultaneous
