@@ -149,35 +149,41 @@ def test_single_loss_splits_the_gradients(started, shards):
 
 
 def test_mel_only_warm_up(started, shards):
-    """Before ``discriminator_start_step`` the step is the generator's mel loss alone (no discriminator pass:
-    zero gradients for the discriminators, zero adversarial terms); from it on, and in evaluation (step None),
-    the full GAN loss."""
+    """Before ``discriminator_start_step`` (phase 0) the step is the generator's mel loss alone (no
+    discriminator pass: zero gradients for the discriminators, zero adversarial terms, the generator's FLOPs
+    only); from it on (phase 1), and in evaluation (phase None), the full GAN loss."""
     from indextts2_jax.train.tasks.vocoder import VocoderTask
 
     task = VocoderTask(vocoder_config(shards))
+    assert task.phase_starts() == (WARM_UP,)
+    assert VocoderTask(vocoder_config(shards, **{"vocoder.discriminator_start_step": 0})).phase_starts() == ()
     batch = {k: jnp.asarray(v[:2]) for k, v in task.first_batches(1)[0].items()}
     params = _random_params(task, batch, seed=1)
 
-    def at(p, step):
-        return jax.value_and_grad(lambda q: task.loss_fn(q, batch, jax.random.key(1), True, step=step),
+    def at(p, phase):
+        return jax.value_and_grad(lambda q: task.loss_fn(q, batch, jax.random.key(1), True, phase=phase),
                                   has_aux=True)(p)
 
     def both(p):
-        return at(p, jnp.int32(WARM_UP - 1)), at(p, jnp.int32(WARM_UP)), at(p, None)
+        return at(p, 0), at(p, 1), at(p, None)
 
     (warm, g_warm), (gan, g_gan), (full, _) = (
         jax.jit(both).lower(params).compile({"xla_backend_optimization_level": 0})(params))
     lam = float(task.config.vocoder.lambda_mel)
     assert float(warm[1]["adversarial"]) == 0.0 and float(gan[1]["adversarial"]) == 1.0
+    assert set(warm[1]) == set(gan[1])
     for key in ("d_loss", "g_adv", "feature_matching"):
         assert float(warm[1][key]) == 0.0 and float(gan[1][key]) > 0.0, key
     np.testing.assert_allclose(float(warm[0]), lam * float(warm[1]["mel_l1"]), rtol=1e-6)
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(g_warm["discriminator"]))
     assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_gan["discriminator"])) > 0.0
     assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_warm["generator"])) > 0.0
-    for key, value in full[1].items():  # the GAN branch is the full loss; the mel term is shared
+    for key, value in full[1].items():  # the GAN phase is the full loss; the mel term is shared
         np.testing.assert_allclose(float(gan[1][key]), float(value), rtol=1e-6, err_msg=key)
     np.testing.assert_allclose(float(warm[1]["mel_l1"]), float(full[1]["mel_l1"]), rtol=1e-6)
+    local = task.first_batches(1)[0]
+    assert 0 < task.flops_per_step(local, 0, phase=0) < task.flops_per_step(local, 0, phase=1)
+    assert task.flops_per_step(local, 0) == task.flops_per_step(local, 0, phase=1)
 
 
 def test_optimizer_groups_and_hook(shards):

@@ -1,5 +1,5 @@
 """The generic trainer on a toy task: loss falls, an interrupted and resumed run equals an uninterrupted
-one, freezing by regex, NaN stop."""
+one, freezing by regex, NaN stop, phases (one compiled step per phase, also after a resume)."""
 
 import json
 import os
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -70,6 +71,58 @@ def test_nan_loss_stops_clearly(tmp_path):
     cfg = toy_config(steps=10)
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 5"):
         train(cfg, str(tmp_path), ToyTask(cfg, nan_at_step=0))
+
+
+class PhasedToyTask(ToyTask):
+    """The toy loss scaled by 10 from step 3 on (phase 1); the phase is logged as a metric."""
+
+    def phase_starts(self):
+        return (3,)
+
+    def loss_fn(self, params, batch, rng, train=True, phase=None):
+        loss, metrics = super().loss_fn(params, batch, rng, train)
+        scale = 1.0 if phase == 0 else 10.0
+        return scale * loss, {**metrics, "phase": jnp.float32(-1 if phase is None else phase)}
+
+    def flops_per_step(self, batch, num_params, phase=None):
+        self.flops_phases.append(phase)
+        return super().flops_per_step(batch, num_params)
+
+
+def test_phases_compile_a_step_each_and_survive_resume(tmp_path):
+    cfg = toy_config(steps=6, **{"log.every_steps": 1, "log.eval_every_steps": 6, "log.peak_flops": 1e12})
+    task = PhasedToyTask(cfg)
+    task.flops_phases = []
+    train(cfg, str(tmp_path / "full"), task)
+    rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    train_rows = {r["step"]: r for r in rows if r["split"] == "train"}
+    # logged step s is the 0-based step s - 1: steps 0-2 in phase 0, 3-5 in phase 1
+    assert [train_rows[s]["phase"] for s in range(1, 7)] == [0, 0, 0, 1, 1, 1]
+    assert [r["phase"] for r in rows if r["split"] == "eval"] == [-1]  # evaluation: the full form
+    np.testing.assert_allclose(train_rows[4]["loss"], 10 * train_rows[4]["mse"], rtol=1e-6)
+    np.testing.assert_allclose(train_rows[3]["loss"], train_rows[3]["mse"], rtol=1e-6)
+    assert task.flops_phases == [0, 0, 0, 1, 1, 1]  # MFU counts each step's own phase
+    # stopped inside phase 1 and resumed: the resumed run starts in phase 1 with the same losses
+    first = PhasedToyTask(cfg)
+    first.flops_phases = []
+    train(cfg, str(tmp_path / "resumed"), first, stop_after_steps=4)
+    second = PhasedToyTask(cfg)
+    second.flops_phases = []
+    train(cfg, str(tmp_path / "resumed"), second)
+    again = _losses(tmp_path / "resumed")
+    assert second.flops_phases == [1, 1]
+    for step in (5, 6):
+        assert abs(again[step] - train_rows[step]["loss"]) <= 1e-6, step
+
+
+def test_bad_phase_starts_refused(tmp_path):
+    class Bad(ToyTask):
+        def phase_starts(self):
+            return (4, 2)
+
+    cfg = toy_config(steps=4)
+    with pytest.raises(ValueError, match="expected increasing steps > 0"):
+        train(cfg, str(tmp_path), Bad(cfg))
 
 
 # The SIGKILL-and-restart and 8-device sharded-equals-single-device tests of the trainer run on the real

@@ -4,6 +4,10 @@ Order (DESIGN.md "Training habits"): logging, mesh, input, ``jax.eval_shape`` of
 optimizer state, shardings from the abstract shapes, jitted init straight into those shardings,
 jitted step (compiled ahead, memory analysis logged), resume, evals, loop.
 
+A task whose step changes form during training (the vocoder's mel-only warm-up) names the steps where
+its phases start (:meth:`Task.phase_starts`); the trainer compiles one step per phase, the first ahead
+and the others when the run reaches them, and passes the phase to ``loss_fn`` as a static ``phase=``.
+
 A stage plugs in as a :class:`Task`. The step is ``(state, batch) -> (state, metrics)``, jitted with
 the state donated; per-step randomness is ``fold_in(rng, step)`` so a resumed run draws the same
 numbers. Checkpoints hold two items: the train state and each host's Grain iterator state, so a
@@ -14,6 +18,7 @@ scratch.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import json
 import logging
@@ -66,12 +71,18 @@ class Task:
         raise NotImplementedError
 
     def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool = True,
-                step: jax.Array | None = None):
-        """``(scalar loss, {name: scalar metric})``. ``step``: the training step being taken (0-based, traced)
-        in the train step, None in evaluation; a loss that changes over training (the vocoder's mel-only
-        warm-up) reads it, and must give its full form when it is None. Metrics keep one structure either way.
-        A subclass whose ``loss_fn`` has no ``step`` parameter is called without it."""
+                phase: int | None = None):
+        """``(scalar loss, {name: scalar metric})``. ``phase`` (a Python int, static): the index of the
+        training phase (:meth:`phase_starts`) the step is in, None in evaluation, where the loss must take
+        its full form. Metrics keep one structure in every phase. A subclass whose ``loss_fn`` has no
+        ``phase`` parameter is called without it."""
         raise NotImplementedError
+
+    def phase_starts(self) -> tuple[int, ...]:
+        """Steps (0-based, increasing, > 0) at which the train step changes form: phase 0 runs before the
+        first, phase k from the k-th on. Each phase is its own compiled step (no ``lax.cond`` in the step,
+        so a phase skips the work it does not need on any number of devices). Default: one phase."""
+        return ()
 
     def train_iterator(self, process_index: int, process_count: int) -> Iterator:
         """A Grain ``DatasetIterator`` (``get_state``/``set_state``) over local batches."""
@@ -86,7 +97,8 @@ class Task:
         return int(np.prod(first.shape[:2])) if first.ndim >= 2 else int(first.shape[0])
 
     def flops_per_step(self, batch: Mapping[str, np.ndarray], num_params: int) -> float:
-        """Model FLOPs of one training step (for MFU); default 6 * params * tokens."""
+        """Model FLOPs of one training step (for MFU); default 6 * params * tokens. A task with phases may
+        take ``phase=`` (the trainer passes it when the signature has it)."""
         return 6.0 * num_params * self.tokens_in_batch(batch)
 
     def make_optimizer(self, total_steps: int):
@@ -190,18 +202,23 @@ def _tree_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros(())
 
 
-def _takes_step(loss_fn) -> bool:
-    """Whether a task's ``loss_fn`` accepts ``step=`` (tasks written before it was added do not)."""
-    params = inspect.signature(loss_fn).parameters
-    return "step" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+def _accepts(fn, name: str) -> bool:
+    """Whether ``fn`` takes the keyword ``name`` (tasks written before ``phase`` was added do not)."""
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def build_step(task: Task, tx, schedule):
-    takes_step = _takes_step(task.loss_fn)
+def phase_at(starts: tuple[int, ...], step: int) -> int:
+    """The phase of the 0-based ``step`` given :meth:`Task.phase_starts`."""
+    return bisect.bisect_right(starts, step)
+
+
+def build_step(task: Task, tx, schedule, phase: int = 0):
+    """The train step of ``phase`` (a Python int: each phase is its own function to jit)."""
+    kw = {"phase": phase} if _accepts(task.loss_fn, "phase") else {}
 
     def train_step(state: TrainState, batch, rng):
         step_rng = jax.random.fold_in(rng, state.step)
-        kw = {"step": state.step} if takes_step else {}
         (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng, True,
                                                                               **kw)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -277,10 +294,23 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                     state.params))
                 log.info("initialized params from %s", config.init_from)
 
-        step_fn = jax.jit(build_step(task, tx, schedule), out_shardings=(state_shardings, None),
-                          donate_argnums=(0,))
+        starts = tuple(int(s) for s in task.phase_starts())
+        if list(starts) != sorted(set(starts)) or (starts and starts[0] <= 0):
+            raise ValueError(f"{type(task).__name__}.phase_starts() = {starts}: expected increasing steps > 0")
+        step_fns: dict[int, Any] = {}
+
+        def step_fn_of(phase: int):
+            if phase not in step_fns:
+                step_fns[phase] = jax.jit(build_step(task, tx, schedule, phase),
+                                          out_shardings=(state_shardings, None), donate_argnums=(0,))
+                if phase:
+                    log.info("phase %d of %s from step %d: compiling its train step", phase, task.name,
+                             starts[phase - 1])
+            return step_fns[phase]
+
+        flops_kw = _accepts(task.flops_per_step, "phase")
         t0 = time.perf_counter()
-        compiled = step_fn.lower(state, example_global, step_rng).compile()
+        compiled = step_fn_of(phase_at(starts, int(state.step))).lower(state, example_global, step_rng).compile()
         log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
         try:
             log.info("memory analysis: %s", compiled.memory_analysis())
@@ -301,7 +331,8 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
             while step < total_steps:
                 local = next(train_iter)
                 batch = sharding.global_batch(local, mesh)
-                state, metrics = step_fn(state, batch, step_rng)
+                phase = phase_at(starts, step)
+                state, metrics = step_fn_of(phase)(state, batch, step_rng)
                 step += 1
                 window_steps += 1
                 window_tokens += task.tokens_in_batch(local) * jax.process_count()
@@ -318,7 +349,8 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                     values["steps_per_second"] = window_steps / dt
                     values["tokens_per_second"] = window_tokens / dt
                     if peak:
-                        flops = task.flops_per_step(local, num_params) * jax.process_count()
+                        flops = (task.flops_per_step(local, num_params, phase=phase) if flops_kw
+                                 else task.flops_per_step(local, num_params)) * jax.process_count()
                         values["mfu"] = flops * window_steps / dt / peak
                     window_t, window_tokens, window_steps = time.perf_counter(), 0, 0
                     last_metrics = values

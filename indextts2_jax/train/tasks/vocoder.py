@@ -23,14 +23,12 @@ One step, one loss (the generic trainer takes one ``loss_fn`` and one optax tran
   discriminators grad ``L_D``.
 
 Mel-only warm-up (``vocoder.discriminator_start_step`` = N > 0; 0, the default, is the official
-training): train steps before N skip the discriminators (one ``lax.cond``: no discriminator pass, a
-generator step on ``lambda_mel * mel L1`` alone, zero gradients for the discriminators, whose AdamW
-weight decay still applies), as ParallelWaveGAN's ``discriminator_train_start_steps``; from step N on,
-and always in evaluation, the full GAN losses. On several devices the discriminator terms are multiplied
-by 0 instead of skipped (the same losses and gradients, no saving): with the conditional, XLA:CPU's
-in-process collectives inside it hit their 40 s rendezvous timeout under load with 8 simulated devices.
-A generator from scratch learns the mel mapping ~3x faster per second without the discriminator passes
-(see ``configs/demo.py``).
+training): the steps before N are the task's phase 0 (:meth:`VocoderTask.phase_starts`; the trainer
+compiles a step per phase), which skips the discriminators: no discriminator pass, a generator step on
+``lambda_mel * mel L1`` alone, zero gradients for the discriminators (whose AdamW weight decay still
+applies), as ParallelWaveGAN's ``discriminator_train_start_steps``. From step N on (phase 1), and always
+in evaluation, the full GAN losses. A generator from scratch learns the mel mapping ~3x faster per second
+without the discriminator passes (see ``configs/demo.py``).
 
 Unlike the official alternating update (D steps first, then G is scored by the *updated* D), the
 generator and the discriminators see the same discriminator params within a step (a simultaneous
@@ -283,7 +281,15 @@ class VocoderTask(PipelineTask):
         frames = jnp.arange(mel.shape[1])[None, :] < batch["mel_lengths"][:, None]
         return jnp.where(frames[..., None], mel, SILENCE_LOG_MEL)
 
-    def loss_fn(self, params, batch, rng, train: bool = True, step=None):
+    def phase_starts(self) -> tuple[int, ...]:
+        """``(discriminator_start_step,)`` when it is > 0 (phase 0: the mel-only warm-up), else one phase."""
+        start = int(self.config.vocoder.get("discriminator_start_step", 0))
+        return (start,) if start > 0 else ()
+
+    def _adversarial(self, phase: int | None) -> bool:
+        return phase is None or phase > 0 or not self.phase_starts()
+
+    def loss_fn(self, params, batch, rng, train: bool = True, phase: int | None = None):
         v = self.config.vocoder
         weights = batch["valid"].astype(jnp.float32)
         real = batch["wave"].astype(jnp.float32)
@@ -291,8 +297,7 @@ class VocoderTask(PipelineTask):
         fake = self.generator.apply({"params": params["generator"]}, mel).astype(jnp.float32)  # (B, T)
         mel_l1 = _masked_mean(_row_mean(lambda f, r: vl.multiscale_mel_loss(f, r, self.mel_loss_config), fake, real),
                               weights)
-
-        def adversarial(_):
+        if self._adversarial(phase):
             # discriminators: real vs detached fake
             logits, fmaps = self.discriminator.apply({"params": params["discriminator"]},
                                                      jnp.concatenate([real, jax.lax.stop_gradient(fake)]))
@@ -306,21 +311,11 @@ class VocoderTask(PipelineTask):
             g_adv = _masked_mean(_row_mean(vl.generator_adversarial_loss, g_logits), weights)
             fm = _masked_mean(_row_mean(vl.feature_matching_loss, jax.lax.stop_gradient(real_fmaps), g_fmaps),
                               weights)
-            return {"d_real": d_real, "d_fake": d_fake, "g_adv": g_adv, "feature_matching": fm,
-                    "adversarial": jnp.ones((), jnp.float32)}
-
-        def warm_up(_):  # the same structure, no discriminator pass
-            return {k: jnp.zeros((), jnp.float32) for k in ("d_real", "d_fake", "g_adv", "feature_matching",
-                                                             "adversarial")}
-
-        start = int(v.get("discriminator_start_step", 0))
-        if step is None or start <= 0:
-            parts = adversarial(None)
-        elif jax.device_count() == 1:
-            parts = jax.lax.cond(step >= start, adversarial, warm_up, None)
-        else:  # the same losses and gradients, D passes kept (no conditional around collectives: see docstring)
-            on = (step >= start).astype(jnp.float32)
-            parts = {k: x * on for k, x in adversarial(None).items()}
+            parts = {"d_real": d_real, "d_fake": d_fake, "g_adv": g_adv, "feature_matching": fm,
+                     "adversarial": jnp.ones((), jnp.float32)}
+        else:  # the mel-only warm-up: the same metrics, no discriminator pass
+            parts = {k: jnp.zeros((), jnp.float32) for k in ("d_real", "d_fake", "g_adv", "feature_matching",
+                                                              "adversarial")}
         d_loss = parts["d_real"] + parts["d_fake"]
         g_loss = (float(v.lambda_adv) * parts["g_adv"] + float(v.lambda_fm) * parts["feature_matching"]
                   + float(v.lambda_mel) * mel_l1)
@@ -349,11 +344,12 @@ class VocoderTask(PipelineTask):
         return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)
 
     # -- throughput -----------------------------------------------------------------------------
-    def flops_per_step(self, batch, num_params: int) -> float:
+    def flops_per_step(self, batch, num_params: int, phase: int | None = None) -> float:
         """XLA's count of one generator forward and one discriminator forward over the batch, times 3
         (forward + backward) for G and 3 * 3 for the discriminators (the D pass on 2B rows and the G
-        pass on B rows, each with its backward). The multi-scale mel loss is left out (small). The count is
-        the GAN step's: during a mel-only warm-up (``discriminator_start_step``) the logged MFU overstates."""
+        pass on B rows, each with its backward); in the mel-only warm-up (phase 0 of
+        ``discriminator_start_step``) the generator's part alone. The multi-scale mel loss is left out
+        (small)."""
         key = (tuple(batch["mel"].shape), tuple(batch["wave"].shape))
         if key not in self._flops:
             gen = jax.eval_shape(lambda r: nn.unbox(self.generator.init(r, jnp.zeros((1, 4, batch["mel"].shape[2]))))
@@ -371,8 +367,9 @@ class VocoderTask(PipelineTask):
 
             g = count(lambda p, m: self.generator.apply({"params": p}, m), gen, mel)
             d = count(lambda p, w: self.discriminator.apply({"params": p}, w), disc, wave)
-            self._flops[key] = 3.0 * g + 9.0 * d
-        return self._flops[key]
+            self._flops[key] = (3.0 * g, 9.0 * d)
+        g, d = self._flops[key]
+        return g + d if self._adversarial(phase) else g
 
     # -- samples --------------------------------------------------------------------------------
     def sample_example(self) -> dict[str, np.ndarray] | None:
