@@ -225,6 +225,22 @@ def _train_to_bytes(lines: list[str], vocab_size: int, **options) -> bytes:
     return model.getvalue()
 
 
+def _bpe_trainer_options(character_coverage: float, num_threads: int, **extra) -> dict:
+    """``SentencePieceTrainer`` options shared by :func:`train_bpe` and :func:`extend_bpe`: BPE with the
+    official ids (``<s>``=0, ``</s>``=1, ``<unk>``=2, no padding piece), quiet; ``extra`` adds or overrides."""
+    return dict(
+        model_type="bpe",
+        character_coverage=character_coverage,
+        bos_id=0,
+        eos_id=1,
+        unk_id=2,
+        pad_id=-1,
+        num_threads=num_threads,
+        minloglevel=2,
+        **extra,
+    )
+
+
 def train_bpe(
     corpus,
     vocab_size: int,
@@ -251,17 +267,7 @@ def train_bpe(
       The path of the written ``.model`` file.
     """
     lines = _prepared_lines(corpus, normalize, lang)
-    options = dict(
-        model_type="bpe",
-        character_coverage=character_coverage,
-        bos_id=0,
-        eos_id=1,
-        unk_id=2,
-        pad_id=-1,
-        hard_vocab_limit=hard_vocab_limit,
-        num_threads=num_threads,
-        minloglevel=2,
-    )
+    options = _bpe_trainer_options(character_coverage, num_threads, hard_vocab_limit=hard_vocab_limit)
     if user_defined_symbols:
         options["user_defined_symbols"] = list(user_defined_symbols)
     options.update(trainer_options)
@@ -323,16 +329,10 @@ def extend_bpe(
     lines = _prepared_lines(new_corpus, normalize, lang)
 
     norm_name = base.normalizer_spec.name
-    options = dict(
-        model_type="bpe",
-        character_coverage=character_coverage,
-        bos_id=0,
-        eos_id=1,
-        unk_id=2,
-        pad_id=-1,
+    options = _bpe_trainer_options(
+        character_coverage,
+        num_threads,
         hard_vocab_limit=False,
-        num_threads=num_threads,
-        minloglevel=2,
         normalization_rule_name=norm_name if norm_name in _STANDARD_NORMALIZERS else "identity",
         add_dummy_prefix=base.normalizer_spec.add_dummy_prefix,
         remove_extra_whitespaces=base.normalizer_spec.remove_extra_whitespaces,
