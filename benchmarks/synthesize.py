@@ -7,7 +7,9 @@
 Workload (matches benchmarks/NOTES.md's official CPU baseline row "end to end"): a new ``--prompt_seconds``
 speaker prompt (features computed, not cached), one text segment, exactly ``--tokens`` codes per job
 (generation's exact-count mode, so random weights give a fixed length: 500 codes = 860 mel frames = 10 s),
-``--num_beams`` (default 3, infer_v2's beam sampling; 1 with ``--greedy``), ``--diffusion_steps`` Euler
+``--num_beams`` (default 3, infer_v2's beam sampling; 1 with ``--greedy``), the code budget
+``--max_mel_tokens`` (default: the pipeline's, infer_v2's 1500, which sizes the KV cache: what a user runs;
+pass ``--max_mel_tokens 500`` for a cache as tight as the output), ``--diffusion_steps`` Euler
 steps with CFG 0.7, BigVGAN. Params are random (``random_assets(init="fast")``: shapes from each model's
 init, values drawn in NumPy; no files).
 
@@ -77,6 +79,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--jobs", type=int, default=4, help="jobs in the batched row (0 = skip it)")
     p.add_argument("--prompt_seconds", type=float, default=10.0)
     p.add_argument("--num_beams", type=int, default=3)
+    p.add_argument("--max_mel_tokens", type=int, default=None,
+                   help="code budget per segment (sizes the KV cache); default: the pipeline's (1500, as infer_v2)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (num_beams 1, no sampling)")
     p.add_argument("--diffusion_steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -91,7 +95,7 @@ def main(argv=None) -> list[dict]:
     tts = IndexTTS2(assets, dtype=jnp.dtype(args.dtype), diffusion_steps=args.diffusion_steps)
     print(f"# {args.size} sizes, {args.dtype}, {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"assets {time.perf_counter() - t0:.1f} s")
-    sampling = dict(max_mel_tokens=args.tokens, repetition_penalty=10.0)
+    sampling = dict(max_mel_tokens=args.max_mel_tokens, repetition_penalty=10.0)  # None: the pipeline default
     if args.greedy:
         sampling.update(do_sample=False, num_beams=1)
     else:
@@ -113,7 +117,8 @@ def main(argv=None) -> list[dict]:
                 rows.append(_row(name, res[0][2]["batch"], time.perf_counter() - t))
     _, kind = _peak_memory_gb()
     print(f"# {args.tokens} codes/job = {int(args.tokens * 1.72)} mel frames; prompt {args.prompt_seconds} s; "
-          f"{'greedy' if args.greedy else f'beam {args.num_beams} sampling'}; {args.diffusion_steps} CFM steps")
+          f"{'greedy' if args.greedy else f'beam {args.num_beams} sampling'}; code budget "
+          f"{tts._decode_config(sampling).max_new_tokens}; {args.diffusion_steps} CFM steps")
     _print_table(rows, kind)
     return rows
 

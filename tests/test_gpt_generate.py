@@ -253,6 +253,28 @@ def test_beam_search_matches_reference(setup):
     assert ended_early >= 2  # the stop-token bookkeeping was exercised
 
 
+def test_beam_cache_reorder_covers_the_written_slots():
+    """The beam step's KV reorder, block by block over the written slots only, equals a full row gather
+    wherever the beams can differ and leaves the unwritten blocks alone."""
+    from indextts2_jax.infer.generate import REORDER_BLOCK, _reorder_caches
+
+    blk, groups, k = REORDER_BLOCK, 2, 3
+    t, shared, filled = 5 * blk, blk + 7, 3 * blk + 5  # shared prefix inside block 1, filled inside block 3
+    rng = np.random.default_rng(0)
+    caches = [{n: rng.normal(size=(groups * k, 2, t, 4)).astype(np.float32) for n in ("k", "v")} for _ in range(2)]
+    for c in caches:  # the prefix is the same in every beam of a batch row
+        for n in ("k", "v"):
+            c[n][:, :, :shared] = np.repeat(c[n][::k, :, :shared], k, axis=0)
+    rows = np.array([2, 2, 0, 4, 3, 3], np.int32)  # within each group of 3
+    got = jax.jit(_reorder_caches, static_argnums=2)(jax.tree.map(jnp.asarray, caches), jnp.asarray(rows), shared,
+                                                     jnp.int32(filled))
+    end = -(-filled // blk) * blk
+    for c, g in zip(caches, got):
+        for n in ("k", "v"):
+            np.testing.assert_array_equal(np.asarray(g[n])[:, :, :filled], c[n][rows][:, :, :filled])
+            np.testing.assert_array_equal(np.asarray(g[n])[:, :, end:], c[n][:, :, end:])
+
+
 N_NEW = 12  # one max_new_tokens everywhere: the float knobs are traced, so configs share compiles
 SAMPLE_TOP5 = DecodeConfig(max_new_tokens=N_NEW, do_sample=True, num_beams=1, temperature=1.0, top_k=5, top_p=1.0,
                            repetition_penalty=1.0)

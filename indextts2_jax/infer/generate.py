@@ -49,6 +49,9 @@ from indextts2_jax.models.gpt import UnifiedVoice
 from indextts2_jax.nn.gpt2 import init_kv_cache
 
 NEG_INF = -jnp.inf
+# Beam search reorders the KV cache in blocks of this many slots, only as far as the sequence has come
+# (the cache length is rounded up to a multiple of it).
+REORDER_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,25 @@ def _hyp_worst(h: dict, num_beams: int) -> jax.Array:
     return jnp.min(jnp.where(valid, h["scores"], jnp.inf), axis=1)
 
 
+def _reorder_caches(caches, rows: jax.Array, shared: int, filled: jax.Array):
+    """The KV caches with their rows (beams) taken from ``rows`` (B*K,), over the written slots only.
+
+    Slots ``[shared, filled)`` are gathered in blocks of :data:`REORDER_BLOCK` (``filled`` traced: the
+    cost follows the sequence, not the buffer); the first ``shared`` slots (the prompt prefix and the
+    start code, equal in every beam of a batch row, which is all ``rows`` mixes) and the unwritten ones
+    are left as they are. In place: each block is read before it is written.
+    """
+    t = caches[0]["k"].shape[2]
+    blk = REORDER_BLOCK if t % REORDER_BLOCK == 0 else t
+
+    def body(i, cs):
+        start = i * blk
+        return jax.tree.map(lambda c: lax.dynamic_update_slice_in_dim(
+            c, lax.dynamic_slice_in_dim(c, start, blk, axis=2)[rows], start, axis=2), cs)
+
+    return lax.fori_loop(shared // blk, (filled + blk - 1) // blk, body, caches)
+
+
 def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens):
     cfg = runner.model.config
     stop, n, k_beams = cfg.stop_mel_token, decode.max_new_tokens, decode.num_beams
@@ -391,7 +413,7 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
         seqs = lax.dynamic_update_slice(seqs, next_tok[:, :, None], (0, 0, step))
         tok_flat = next_tok.reshape(bk)
         seen = state["seen"][src_global] | (jnp.arange(v)[None, :] == tok_flat[:, None])
-        caches = jax.tree.map(lambda c: c[src_global], state["caches"])
+        caches = _reorder_caches(state["caches"], src_global, runner.prefix_len + 1, runner.prefix_len + 1 + step)
         return dict(state, beam_scores=next_scores, seqs=seqs, seen=seen, caches=caches, last=tok_flat,
                     hyps=hyps, done=done_after, step=step + 1)
 
@@ -454,7 +476,7 @@ def _generate(model: UnifiedVoice, decode: _Static, knobs, params, conds, text_i
     prefix, prefix_mask = model.apply({"params": params}, conds, text_ids, text_lengths,
                                       method=UnifiedVoice.generation_prefix)
     s = prefix.shape[1]
-    runner = _Runner(model, params, s, s + decode.max_new_tokens)
+    runner = _Runner(model, params, s, -(-(s + decode.max_new_tokens) // REORDER_BLOCK) * REORDER_BLOCK)
     logits0, caches, key_valid = runner.prefill(prefix, prefix_mask)
     if decode.num_beams == 1:
         return _decode_single(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens)
