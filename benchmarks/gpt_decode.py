@@ -9,6 +9,7 @@ Usage::
     python -m benchmarks.gpt_decode --tiny                       # smoke run (CPU, seconds)
     python -m benchmarks.gpt_decode --batch 1 8 --new-tokens 500  # official size (GPU/TPU, or a big CPU)
     python -m benchmarks.gpt_decode --beams 3 --sample            # infer_v2's default decoding
+    python -m benchmarks.gpt_decode --beams 3 --sample --budget 1500   # ... with its default code budget
     python -m benchmarks.gpt_decode --dtype bfloat16              # bf16 weights, KV cache and compute
 
 Columns: ``batch``; ``mode``; ``compile s`` (lower + compile of the whole generate program);
@@ -88,7 +89,8 @@ def run(args) -> list[dict]:
     if dtype != jnp.float32:  # serve from bf16 weights: a decode step then reads half the bytes
         params = jax.tree.map(lambda x: x.astype(dtype), params)
     n = args.new_tokens
-    decode = DecodeConfig(max_new_tokens=n + 1, num_beams=args.beams, do_sample=args.sample,
+    budget = max(args.budget or n + 1, n + 1)  # the KV cache holds the prefix + this many codes
+    decode = DecodeConfig(max_new_tokens=budget, num_beams=args.beams, do_sample=args.sample,
                           repetition_penalty=args.repetition_penalty)
     first = DecodeConfig(max_new_tokens=1, num_beams=args.beams, do_sample=args.sample,
                          repetition_penalty=args.repetition_penalty)
@@ -135,6 +137,9 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=100, help="codes generated per sequence (forced)")
     parser.add_argument("--text-len", type=int, default=30, help="BPE tokens of text per sequence")
     parser.add_argument("--beams", type=int, default=1)
+    parser.add_argument("--budget", type=int, default=0,
+                        help="max_new_tokens, which sizes the KV cache (0: --new-tokens + 1, a tight cache; the "
+                             "pipeline's default is 1500)")
     parser.add_argument("--sample", action="store_true", help="sample (top-k 30, top-p 0.8, T 0.8) instead of argmax")
     parser.add_argument("--repetition-penalty", type=float, default=10.0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -143,6 +148,7 @@ def main(argv=None) -> None:
     rows = run(args)
     size = "tiny" if args.tiny else "official 1280/24/20"
     print_table(rows, f"UnifiedVoice decode, {size}, {args.dtype}, {args.new_tokens} codes, text {args.text_len}, "
+                      f"budget {max(args.budget or args.new_tokens + 1, args.new_tokens + 1)}, "
                       f"device {jax.devices()[0].device_kind}")
 
 
