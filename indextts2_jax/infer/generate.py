@@ -50,7 +50,7 @@ from indextts2_jax.nn.gpt2 import init_kv_cache
 
 NEG_INF = -jnp.inf
 # Beam search reorders the KV cache in blocks of this many slots, only as far as the sequence has come
-# (the cache length is rounded up to a multiple of it).
+# (its cache length is rounded up to a multiple of it).
 REORDER_BLOCK = 64
 
 
@@ -476,7 +476,10 @@ def _generate(model: UnifiedVoice, decode: _Static, knobs, params, conds, text_i
     prefix, prefix_mask = model.apply({"params": params}, conds, text_ids, text_lengths,
                                       method=UnifiedVoice.generation_prefix)
     s = prefix.shape[1]
-    runner = _Runner(model, params, s, -(-(s + decode.max_new_tokens) // REORDER_BLOCK) * REORDER_BLOCK)
+    length = s + decode.max_new_tokens
+    if decode.num_beams > 1:  # the beam step reorders the cache in whole blocks
+        length = -(-length // REORDER_BLOCK) * REORDER_BLOCK
+    runner = _Runner(model, params, s, length)
     logits0, caches, key_valid = runner.prefill(prefix, prefix_mask)
     if decode.num_beams == 1:
         return _decode_single(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens)

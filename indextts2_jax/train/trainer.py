@@ -253,6 +253,9 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
 
     # Abstract state and shardings; init straight into them.
     total_steps = int(config.total_steps)
+    starts = tuple(int(s) for s in task.phase_starts())
+    if list(starts) != sorted(set(starts)) or (starts and starts[0] <= 0):
+        raise ValueError(f"{type(task).__name__}.phase_starts() = {starts}: expected increasing steps > 0")
     custom = task.make_optimizer(total_steps)
     tx, schedule = custom if custom is not None else make_optimizer(
         config.optimizer, total_steps, tuple(config.freeze), int(config.grad_accum_steps))
@@ -294,9 +297,6 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                     state.params))
                 log.info("initialized params from %s", config.init_from)
 
-        starts = tuple(int(s) for s in task.phase_starts())
-        if list(starts) != sorted(set(starts)) or (starts and starts[0] <= 0):
-            raise ValueError(f"{type(task).__name__}.phase_starts() = {starts}: expected increasing steps > 0")
         step_fns: dict[int, Any] = {}
 
         def step_fn_of(phase: int):
