@@ -117,7 +117,7 @@ def run(args) -> dict:
 
     from indextts2_jax import sharding
     from indextts2_jax.train.optim import make_optimizer
-    from indextts2_jax.train.trainer import TrainState, build_step, peak_flops_per_device
+    from indextts2_jax.train.trainer import TrainState, build_step, peak_flops_per_device, step_flops
 
     config = make_config(args)
     with tempfile.TemporaryDirectory() as tmp:  # the task wants shards; a few synthetic records suffice
@@ -139,7 +139,11 @@ def run(args) -> dict:
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     with sharding.use_mesh(mesh, rules):
         state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=shardings)(rng)
-        step_fn = jax.jit(build_step(task, tx, schedule), out_shardings=(shardings, None), donate_argnums=(0,))
+        # the last phase: the full training step (a phased task, e.g. the demo vocoder's mel-only warm-up,
+        # runs a lighter step before it)
+        phase = len(task.phase_starts())
+        step_fn = jax.jit(build_step(task, tx, schedule, phase), out_shardings=(shardings, None),
+                          donate_argnums=(0,))
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, batch, rng).compile()
         compile_s = time.perf_counter() - t0
@@ -154,7 +158,7 @@ def run(args) -> dict:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     tokens = task.tokens_in_batch(local)
-    flops = task.flops_per_step(local, num_params)
+    flops = step_flops(task, local, num_params, phase)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops_per_device(config)
     peak *= jax.device_count()
     loss = float(metrics["loss"])

@@ -213,6 +213,13 @@ def phase_at(starts: tuple[int, ...], step: int) -> int:
     return bisect.bisect_right(starts, step)
 
 
+def step_flops(task: Task, batch: Mapping[str, np.ndarray], num_params: int, phase: int) -> float:
+    """``task.flops_per_step`` of a step in ``phase`` (passed when the task's method takes it)."""
+    if _accepts(task.flops_per_step, "phase"):
+        return task.flops_per_step(batch, num_params, phase=phase)
+    return task.flops_per_step(batch, num_params)
+
+
 def build_step(task: Task, tx, schedule, phase: int = 0):
     """The train step of ``phase`` (a Python int: each phase is its own function to jit)."""
     kw = {"phase": phase} if _accepts(task.loss_fn, "phase") else {}
@@ -308,7 +315,6 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                              starts[phase - 1])
             return step_fns[phase]
 
-        flops_kw = _accepts(task.flops_per_step, "phase")
         t0 = time.perf_counter()
         compiled = step_fn_of(phase_at(starts, int(state.step))).lower(state, example_global, step_rng).compile()
         log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
@@ -349,8 +355,7 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                     values["steps_per_second"] = window_steps / dt
                     values["tokens_per_second"] = window_tokens / dt
                     if peak:
-                        flops = (task.flops_per_step(local, num_params, phase=phase) if flops_kw
-                                 else task.flops_per_step(local, num_params)) * jax.process_count()
+                        flops = step_flops(task, local, num_params, phase) * jax.process_count()
                         values["mfu"] = flops * window_steps / dt / peak
                     window_t, window_tokens, window_steps = time.perf_counter(), 0, 0
                     last_metrics = values
