@@ -81,6 +81,12 @@ def timed(fn, repeats: int):
     return out, times
 
 
+def code_budget(args) -> int:
+    """max_new_tokens of the timed generation: ``--budget``, at least ``--new-tokens`` + 1 (the KV cache holds
+    the prefix + this many codes)."""
+    return max(args.budget or args.new_tokens + 1, args.new_tokens + 1)
+
+
 def run(args) -> list[dict]:
     cfg = tiny_config() if args.tiny else UnifiedVoiceConfig()
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -89,8 +95,7 @@ def run(args) -> list[dict]:
     if dtype != jnp.float32:  # serve from bf16 weights: a decode step then reads half the bytes
         params = jax.tree.map(lambda x: x.astype(dtype), params)
     n = args.new_tokens
-    budget = max(args.budget or n + 1, n + 1)  # the KV cache holds the prefix + this many codes
-    decode = DecodeConfig(max_new_tokens=budget, num_beams=args.beams, do_sample=args.sample,
+    decode = DecodeConfig(max_new_tokens=code_budget(args), num_beams=args.beams, do_sample=args.sample,
                           repetition_penalty=args.repetition_penalty)
     first = DecodeConfig(max_new_tokens=1, num_beams=args.beams, do_sample=args.sample,
                          repetition_penalty=args.repetition_penalty)
@@ -148,7 +153,7 @@ def main(argv=None) -> None:
     rows = run(args)
     size = "tiny" if args.tiny else "official 1280/24/20"
     print_table(rows, f"UnifiedVoice decode, {size}, {args.dtype}, {args.new_tokens} codes, text {args.text_len}, "
-                      f"budget {max(args.budget or args.new_tokens + 1, args.new_tokens + 1)}, "
+                      f"budget {code_budget(args)}, "
                       f"device {jax.devices()[0].device_kind}")
 
 

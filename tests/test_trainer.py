@@ -76,6 +76,10 @@ def test_nan_loss_stops_clearly(tmp_path):
 class PhasedToyTask(ToyTask):
     """The toy loss scaled by 10 from step 3 on (phase 1); the phase is logged as a metric."""
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.flops_phases = []  # the phase of each flops_per_step call (the trainer's MFU)
+
     def phase_starts(self):
         return (3,)
 
@@ -92,7 +96,6 @@ class PhasedToyTask(ToyTask):
 def test_phases_compile_a_step_each_and_survive_resume(tmp_path):
     cfg = toy_config(steps=6, **{"log.every_steps": 1, "log.eval_every_steps": 6, "log.peak_flops": 1e12})
     task = PhasedToyTask(cfg)
-    task.flops_phases = []
     train(cfg, str(tmp_path / "full"), task)
     rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
     train_rows = {r["step"]: r for r in rows if r["split"] == "train"}
@@ -103,11 +106,8 @@ def test_phases_compile_a_step_each_and_survive_resume(tmp_path):
     np.testing.assert_allclose(train_rows[3]["loss"], train_rows[3]["mse"], rtol=1e-6)
     assert task.flops_phases == [0, 0, 0, 1, 1, 1]  # MFU counts each step's own phase
     # stopped inside phase 1 and resumed: the resumed run starts in phase 1 with the same losses
-    first = PhasedToyTask(cfg)
-    first.flops_phases = []
-    train(cfg, str(tmp_path / "resumed"), first, stop_after_steps=4)
+    train(cfg, str(tmp_path / "resumed"), PhasedToyTask(cfg), stop_after_steps=4)
     second = PhasedToyTask(cfg)
-    second.flops_phases = []
     train(cfg, str(tmp_path / "resumed"), second)
     again = _losses(tmp_path / "resumed")
     assert second.flops_phases == [1, 1]
