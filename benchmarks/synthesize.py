@@ -13,6 +13,10 @@ pass ``--max_mel_tokens 500`` for a cache as tight as the output), ``--diffusion
 steps with CFG 0.7, BigVGAN. Params are random (``random_assets(init="fast")``: shapes from each model's
 init, values drawn in NumPy; no files).
 
+``--stream N`` adds a streaming row (``synthesize_stream``, infer_v2's ``stream_return``): the sentence said N
+times, one segment each (``max_text_tokens_per_segment`` = one sentence), ``--tokens`` codes per segment, a new
+prompt; its table gives the time to the first audio beside the whole call's wall time.
+
 Rows: ``batch 1`` = ``synthesize`` of one job; ``batch N`` = ``synthesize_batch`` of ``--jobs`` jobs with the
 same prompt (its features cached; one batched pass through every stage). ``first call`` includes compilation.
 Columns: stage seconds (prompt features, conditioning, generation, latent, s2m, vocoder), wall seconds, audio
@@ -84,6 +88,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--greedy", action="store_true", help="greedy decoding (num_beams 1, no sampling)")
     p.add_argument("--diffusion_steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stream", type=int, default=0, metavar="N",
+                   help="also stream a text of N one-sentence segments (time to first audio); 0 = skip")
     args = p.parse_args(argv)
 
     from indextts2_jax.infer import random_assets as ra
@@ -115,12 +121,39 @@ def main(argv=None) -> list[dict]:
                 t = time.perf_counter()
                 res = tts.synthesize_batch(jobs, batch_size=args.jobs, **sampling)
                 rows.append(_row(name, res[0][2]["batch"], time.perf_counter() - t))
+        stream_rows = _stream_rows(tts, prompt, args, sampling) if args.stream > 0 else []
     _, kind = _peak_memory_gb()
     print(f"# {args.tokens} codes/job = {int(args.tokens * 1.72)} mel frames; prompt {args.prompt_seconds} s; "
           f"{'greedy' if args.greedy else f'beam {args.num_beams} sampling'}; code budget "
           f"{tts._decode_config(sampling).max_new_tokens}; {args.diffusion_steps} CFM steps")
     _print_table(rows, kind)
-    return rows
+    if stream_rows:
+        print()
+        print("| run | segments | first audio s | wall s | audio s | RTF |")
+        print("|---|---|---|---|---|---|")
+        for r in stream_rows:
+            print(f"| {r['run']} | {r['segments']} | {r['first_audio']:.3f} | {r['wall']:.3f} | {r['audio']:.3f} | "
+                  f"{r['rtf']:.3f} |")
+    return rows + stream_rows
+
+
+def _stream_rows(tts, prompt: str, args, sampling: dict) -> list[dict]:
+    """``synthesize_stream`` of TEXT said ``args.stream`` times, one segment per sentence, ``args.tokens`` codes
+    each, a new prompt: the time to the first chunk and the whole call."""
+    sentence_tokens = len(tts.tokenizer.segment(TEXT)[0])
+    text = " ".join([TEXT] * args.stream)
+    tts.prompt_cache.clear()
+    t = time.perf_counter()
+    chunks = tts.synthesize_stream(text, prompt, target_tokens=args.tokens * args.stream, seed=args.seed,
+                                   max_text_tokens_per_segment=sentence_tokens, **sampling)
+    first = None
+    for chunk in chunks:
+        first = chunk.elapsed_s if first is None else first
+        report = chunk.report
+    wall = time.perf_counter() - t
+    audio = report["audio_seconds"]
+    return [dict(run="stream", segments=len(report["segments"]), first_audio=first, wall=wall, audio=audio,
+                 rtf=wall / audio)]
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ paths are read from the jobs file's folder): ::
 
     python -m experiments.synthesize --model DIR --jobs jobs.jsonl --out_dir wavs/ --batch_size 8
 
+Streaming (infer_v2's ``stream_return``): ``--stream`` writes each text segment to ``--out`` as soon as it is
+ready (the file is a valid WAV after every segment) and reports the time to the first audio;
+``--quick_streaming_tokens 20`` makes the first segment short: ::
+
+    python -m experiments.synthesize --model DIR --text_file book.txt --speaker_prompt voice.wav --out out.wav \
+        --stream --quick_streaming_tokens 20
+
 ``--model`` takes an official model directory (``config.yaml`` + checkpoints), an exported bundle or a
 converted checkpoint, or ``random:tiny`` / ``random:official`` (random weights, for smoke tests and
 timing). Sampling defaults are infer_v2's (beam 3 with sampling, top-k 30, top-p 0.8, temperature 0.8,
@@ -60,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_text_tokens_per_segment", type=int, default=120)
     p.add_argument("--interval_silence_ms", type=float, default=200)
+    p.add_argument("--quick_streaming_tokens", type=int, default=0,
+                   help="make the first segment short: merge segments only after this many text tokens")
+    p.add_argument("--stream", action="store_true",
+                   help="single text: write each segment to --out as soon as it is ready")
     p.add_argument("--diffusion_steps", type=int, default=None, help="CFM steps (default 25)")
     p.add_argument("--cfg_rate", type=float, default=None, help="CFM guidance (default 0.7)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -103,6 +114,8 @@ def main(argv=None, tts=None) -> dict:
     if args.jobs:
         if not args.out_dir:
             parser.error("--jobs needs --out_dir")
+        if args.stream:
+            parser.error("--stream streams one text (--text or --text_file), not --jobs")
     else:
         if not (args.text is not None or args.text_file):
             parser.error("give --text, --text_file or --jobs")
@@ -123,15 +136,21 @@ def main(argv=None, tts=None) -> dict:
             from indextts2_jax.infer.pipeline import normalize_emotion_vector
 
             args.emotion_vector = normalize_emotion_vector(args.emotion_vector)
-        wave, sr, report = tts.synthesize(
-            text, args.speaker_prompt, emotion_prompt=args.emotion_prompt, emotion_vector=args.emotion_vector,
-            emotion_alpha=args.emotion_alpha, target_tokens=args.target_tokens, duration_seconds=args.duration,
-            seed=args.seed, max_text_tokens_per_segment=args.max_text_tokens_per_segment,
-            interval_silence_ms=args.interval_silence_ms, use_emotion_text=args.use_emotion_text,
-            use_random=args.use_random, batch_size=max(args.batch_size, 1), progress=progress, **_sampling(args))
-        from indextts2_jax.infer.pipeline import write_wav
+        options = dict(emotion_prompt=args.emotion_prompt, emotion_vector=args.emotion_vector,
+                       emotion_alpha=args.emotion_alpha, target_tokens=args.target_tokens,
+                       duration_seconds=args.duration, seed=args.seed,
+                       max_text_tokens_per_segment=args.max_text_tokens_per_segment,
+                       interval_silence_ms=args.interval_silence_ms, use_emotion_text=args.use_emotion_text,
+                       use_random=args.use_random, quick_streaming_tokens=args.quick_streaming_tokens,
+                       **_sampling(args))
+        if args.stream:
+            report = _stream_to_wav(tts, text, args.speaker_prompt, args.out, progress, options)
+        else:
+            from indextts2_jax.infer.pipeline import write_wav
 
-        write_wav(args.out, wave, sr)
+            wave, sr, report = tts.synthesize(text, args.speaker_prompt, batch_size=max(args.batch_size, 1),
+                                              progress=progress, **options)
+            write_wav(args.out, wave, sr)
         report = {k: v for k, v in report.items() if k != "batch"} | {"batch": report["batch"], "wav": args.out}
     if args.json:
         from indextts2_jax.infer.pipeline import _json_default
@@ -141,6 +160,27 @@ def main(argv=None, tts=None) -> dict:
         b = report["batch"]
         print(f"{b['audio_seconds']:.2f} s of audio in {b['wall_s']:.2f} s (RTF {b['rtf']}); stages: "
               + ", ".join(f"{k} {v:.2f}s" for k, v in b["timings_s"].items()), file=sys.stderr)
+    return report
+
+
+def _stream_to_wav(tts, text: str, speaker_prompt, out, progress: bool, options: dict) -> dict:
+    """``synthesize_stream`` into a 16-bit WAV written segment by segment (header updated after each one, so
+    a reader sees every finished segment); returns the stream's final report."""
+    import numpy as np
+    import soundfile as sf
+
+    chunks = tts.synthesize_stream(text, speaker_prompt, **options)  # bad input raises before the file exists
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    report = None
+    with sf.SoundFile(str(out), "w", samplerate=tts.sample_rate, channels=1, subtype="PCM_16") as f:
+        for chunk in chunks:
+            f.write(np.clip(chunk.audio, -1.0, 1.0))
+            f.flush()
+            if progress:
+                seconds = chunk.audio.shape[0] / chunk.sample_rate
+                print(f"segment {chunk.segment + 1}/{chunk.num_segments}: {seconds:.2f} s of audio at "
+                      f"{chunk.elapsed_s:.2f} s", file=sys.stderr)
+            report = chunk.report if chunk.report is not None else report
     return report
 
 

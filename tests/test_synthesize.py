@@ -182,6 +182,55 @@ def test_batch_equals_one_by_one(tts, prompts):
         np.testing.assert_allclose(wave_b, wave_1, atol=5e-5, rtol=0)  # measured 6e-6
 
 
+def test_stream_equals_synthesize(tts, prompts):
+    """synthesize_stream yields the segments in text order, silence first (but for segment 0); together they
+    are synthesize's wave sample for sample; the last chunk carries the report with the time to first audio."""
+    opts = dict(max_text_tokens_per_segment=24, **GREEDY)
+    wave, _, report = tts.synthesize(TEXT, prompts["spk"], **opts)
+    chunks = list(tts.synthesize_stream(TEXT, prompts["spk"], **opts))
+    assert [c.segment for c in chunks] == list(range(len(report["segments"]))) and len(chunks) >= 2
+    assert all(c.num_segments == len(chunks) and c.sample_rate == 22050 for c in chunks)
+    assert [c.report is None for c in chunks] == [True] * (len(chunks) - 1) + [False]
+    silence = report["silence_samples"]
+    for c, seg in zip(chunks, report["segments"]):
+        assert c.info == seg
+        assert c.audio.shape[0] == seg["samples"] + (silence if c.segment else 0)
+        if c.segment:
+            assert not np.any(c.audio[:silence])
+    np.testing.assert_array_equal(np.concatenate([c.audio for c in chunks]), wave)
+    assert [c.elapsed_s for c in chunks] == sorted(c.elapsed_s for c in chunks)
+    final = chunks[-1].report
+    assert final["segments"] == report["segments"] and final["audio_seconds"] == report["audio_seconds"]
+    assert 0 < final["first_audio_s"] <= chunks[0].elapsed_s <= final["batch"]["wall_s"]
+    assert final["batch"]["new_compiles"] == 0  # the same programs as synthesize
+
+
+def test_quick_streaming_tokens_short_first_segment(tts, prompts):
+    """quick_streaming_tokens reaches the segmentation: TEXT (15 + 20 tokens) is one segment at 40 tokens, two
+    with quick_streaming_tokens=35; a target count is split over the segments; stream == synthesize."""
+    opts = dict(max_text_tokens_per_segment=40, quick_streaming_tokens=35, target_tokens=20, **GREEDY)
+    plain = tts.tokenizer.segment(TEXT, max_tokens=40)
+    quick = tts.tokenizer.segment(TEXT, max_tokens=40, quick_streaming_tokens=35)
+    assert len(plain) == 1 and len(quick) == 2 and len(quick[0]) < len(plain[0])
+    chunks = list(tts.synthesize_stream(TEXT, prompts["spk"], **opts))
+    assert [c.info["text_tokens"] for c in chunks] == [len(q) for q in quick]
+    assert sum(c.info["codes"] for c in chunks) == 20
+    wave, _, _ = tts.synthesize(TEXT, prompts["spk"], **opts)
+    np.testing.assert_array_equal(np.concatenate([c.audio for c in chunks]), wave)
+
+
+def test_stream_checks_input_before_iterating(tts, prompts):
+    """Bad input raises at the call, before any chunk (and before the CLI creates its output file)."""
+    with pytest.raises(errors.EmptyTextError):
+        tts.synthesize_stream("   ", prompts["spk"], **GREEDY)
+    with pytest.raises(errors.AudioFileNotFoundError):
+        tts.synthesize_stream("hello world.", str(prompts["dir"] / "missing.wav"), **GREEDY)
+    with pytest.raises(errors.ConfigError):
+        tts.synthesize_stream("hello world.", prompts["spk"], quick_streaming_tokens=-1, **GREEDY)
+    with pytest.raises(errors.ConfigError):
+        tts.synthesize_stream("hello world.", prompts["spk"], beams=2)  # a typo in a sampling option
+
+
 def test_vocoder_silence_padding_invariance(tts):
     """BigVGAN output over the real frames does not depend on how much silence mel follows (>= the margin)."""
     rng = np.random.default_rng(0)
@@ -331,6 +380,19 @@ def test_cli_writes_wav_and_json(tts, prompts, tmp_path, capsys):
     assert report["segments"][0]["codes"] == 12 and report["emotion_mode"] == "vector"
     assert set(report["batch"]["timings_s"]) >= {"prompt", "conditioning", "generation", "latent", "s2m", "vocoder"}
     assert report["batch"]["rtf"] > 0
+
+    # --stream writes the same audio segment by segment
+    streamed = tmp_path / "streamed.wav"
+    argv_stream = [a if a != str(out) else str(streamed) for a in argv] + ["--stream"]
+    cli.main(argv_stream, tts=tts)
+    report_stream = json.loads(capsys.readouterr().out)
+    np.testing.assert_array_equal(sf.read(str(streamed), dtype="int16")[0], data)
+    assert report_stream["first_audio_s"] > 0 and report_stream["wav"] == str(streamed)
+    missing = tmp_path / "never.wav"
+    with pytest.raises(errors.AudioFileNotFoundError):
+        cli.main(["--model", "unused", "--text", "hello.", "--speaker_prompt", str(tmp_path / "nope.wav"),
+                  "--out", str(missing), "--stream", "--no_progress"], tts=tts)
+    assert not missing.exists()
 
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps(j) for j in [

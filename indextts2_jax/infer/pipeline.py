@@ -48,7 +48,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +188,46 @@ SAMPLING_DEFAULTS = dict(do_sample=True, num_beams=3, top_k=30, top_p=0.8, tempe
                          repetition_penalty=10.0, length_penalty=0.0, max_mel_tokens=1500)
 JOB_KEYS = ("text", "speaker_prompt", "emotion_prompt", "emotion_vector", "emotion_alpha", "use_emotion_text",
             "use_random", "target_tokens", "duration_seconds", "seed", "max_text_tokens_per_segment",
-            "interval_silence_ms", "codes", "out", "id")
+            "interval_silence_ms", "quick_streaming_tokens", "codes", "out", "id")
 STAGES = ("prompt", "text", "conditioning", "generation", "latent", "s2m", "vocoder")
+
+
+@dataclasses.dataclass
+class StreamChunk:
+    """One segment of :meth:`IndexTTS2.synthesize_stream`: ``audio`` float32 (n,) at ``sample_rate`` (the
+    inter-segment silence first, except for segment 0), ``segment`` of ``num_segments``, the segment's ``info``
+    (as ``report["segments"][i]``), ``elapsed_s`` since the call; ``report`` (the whole report) on the last."""
+
+    audio: np.ndarray
+    sample_rate: int
+    segment: int
+    num_segments: int
+    info: dict
+    elapsed_s: float
+    report: dict | None = None
+
+
+@dataclasses.dataclass
+class _Run:
+    """The planned work of one synthesis call: jobs, their reports, prompt features and conds, one item per
+    text segment, the decoding options, and the timings so far."""
+
+    jobs: list
+    decode: DecodeConfig
+    t_start: float
+    timings: dict
+    compiles_before: int
+    cache_before: dict
+    batch_size: int = 1
+    reports: list = dataclasses.field(default_factory=list)
+    items: list = dataclasses.field(default_factory=list)
+    spk_feats: list = dataclasses.field(default_factory=list)
+    job_conds: list = dataclasses.field(default_factory=list)
+
+
+def _job(text, speaker_prompt, **options) -> dict:
+    """One job dict (the keys of :data:`JOB_KEYS`) from :meth:`IndexTTS2.synthesize`'s arguments."""
+    return dict(text=text, speaker_prompt=speaker_prompt, **options)
 
 
 class IndexTTS2:
@@ -570,7 +608,11 @@ class IndexTTS2:
     def _segments(self, job: dict, report: dict) -> list[list[int]]:
         text = job.get("text")
         max_tokens = int(job.get("max_text_tokens_per_segment") or 120)
-        segments = self.tokenizer.segment(text if text is not None else "", max_tokens=max_tokens)
+        quick = int(job.get("quick_streaming_tokens") or 0)
+        if quick < 0:
+            raise ConfigError(f"quick_streaming_tokens must be >= 0, got {quick}")
+        segments = self.tokenizer.segment(text if text is not None else "", max_tokens=max_tokens,
+                                          quick_streaming_tokens=quick)
         unknown = self.tokenizer.unknown_pieces(text)
         if unknown:
             report.setdefault("warnings", []).append(f"{len(unknown)} unknown pieces: {unknown[:10]}")
@@ -593,7 +635,8 @@ class IndexTTS2:
                    emotion_alpha: float = 1.0, target_tokens: int | None = None,
                    duration_seconds: float | None = None, *, seed: int = 0, max_text_tokens_per_segment: int = 120,
                    interval_silence_ms: float = 200, use_emotion_text: bool = False, use_random: bool = False,
-                   codes=None, batch_size: int = 1, progress: bool = False, **sampling):
+                   codes=None, quick_streaming_tokens: int = 0, batch_size: int = 1, progress: bool = False,
+                   **sampling):
         """Synthesize ``text`` in the voice of ``speaker_prompt``.
 
         Sampling options (infer_v2 defaults): do_sample=True, num_beams=3, top_k=30, top_p=0.8,
@@ -602,17 +645,64 @@ class IndexTTS2:
         ``target_tokens`` (exact code count for the whole text) or ``duration_seconds`` (converted at
         :attr:`code_rate`, silences subtracted) split over the segments by their token counts.
         ``batch_size`` > 1 runs that many segments of the text together. ``codes``: semantic codes to speak
-        instead of generating them (see :meth:`synthesize_batch`).
+        instead of generating them (see :meth:`synthesize_batch`). ``quick_streaming_tokens`` (infer_v2's
+        option): segments merge only once this many text tokens precede them, so the first one is short (for
+        :meth:`synthesize_stream`, the time to the first audio).
 
         Returns ``(wave float32 (N,), sample_rate, report)``.
         """
-        job = dict(text=text, speaker_prompt=speaker_prompt, emotion_prompt=emotion_prompt,
-                   emotion_vector=emotion_vector, emotion_alpha=emotion_alpha, target_tokens=target_tokens,
-                   duration_seconds=duration_seconds, seed=seed, interval_silence_ms=interval_silence_ms,
+        job = _job(text, speaker_prompt, emotion_prompt=emotion_prompt, emotion_vector=emotion_vector,
+                   emotion_alpha=emotion_alpha, target_tokens=target_tokens, duration_seconds=duration_seconds,
+                   seed=seed, interval_silence_ms=interval_silence_ms,
                    max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
-                   use_random=use_random, codes=codes)
+                   use_random=use_random, codes=codes, quick_streaming_tokens=quick_streaming_tokens)
         (result,) = self.synthesize_batch([job], batch_size=batch_size, progress=progress, **sampling)
         return result
+
+    def synthesize_stream(self, text: str, speaker_prompt, emotion_prompt=None, emotion_vector=None,
+                          emotion_alpha: float = 1.0, target_tokens: int | None = None,
+                          duration_seconds: float | None = None, *, seed: int = 0,
+                          max_text_tokens_per_segment: int = 120, interval_silence_ms: float = 200,
+                          use_emotion_text: bool = False, use_random: bool = False, codes=None,
+                          quick_streaming_tokens: int = 0, **sampling) -> Iterator[StreamChunk]:
+        """Synthesize ``text`` segment by segment, yielding each segment's audio as soon as it is ready.
+
+        infer_v2's ``stream_return``: the text is segmented (``quick_streaming_tokens`` > 0 makes the first
+        segment short, e.g. 20), and each segment runs generation, latent, S2M and BigVGAN alone, in text order.
+        The options are :meth:`synthesize`'s; the concatenated chunks equal ``synthesize(...)`` with the same
+        options (and ``batch_size=1``) sample for sample. The text, the prompts and the options are checked and
+        the prompt features computed before this returns, so bad input raises here, not at the first ``next``.
+
+        Returns an iterator of :class:`StreamChunk`: ``audio`` float32 (n,) is the segment preceded by
+        ``interval_silence_ms`` of zeros (except the first); the last chunk carries the whole ``report``
+        (:meth:`synthesize`'s, plus ``first_audio_s``, the seconds from this call to the first chunk).
+        """
+        t_start = time.perf_counter()
+        job = _job(text, speaker_prompt, emotion_prompt=emotion_prompt, emotion_vector=emotion_vector,
+                   emotion_alpha=emotion_alpha, target_tokens=target_tokens, duration_seconds=duration_seconds,
+                   seed=seed, interval_silence_ms=interval_silence_ms,
+                   max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
+                   use_random=use_random, codes=codes, quick_streaming_tokens=quick_streaming_tokens)
+        run = self._plan([job], self._decode_config(sampling), t_start)
+        return self._stream(run)
+
+    def _stream(self, run: _Run) -> Iterator[StreamChunk]:
+        report = run.reports[0]
+        n_seg = len(run.items)
+        silence = np.zeros(report["silence_samples"], np.float32)
+        first_audio = None
+        for it in run.items:  # one job's segments, in text order
+            ((wave, info),) = self._run_chunk([it], run.spk_feats, run.job_conds, run.decode, run.timings)
+            report["segments"][it["seg"]] = info
+            if first_audio is None:
+                first_audio = time.perf_counter() - run.t_start
+            final = None
+            if it["seg"] == n_seg - 1:
+                ((_, _, final),) = self._finish(run, None)
+                final["first_audio_s"] = round(first_audio, 4)
+            audio = wave if it["seg"] == 0 or silence.size == 0 else np.concatenate([silence, wave])
+            yield StreamChunk(audio=audio, sample_rate=self.sample_rate, segment=it["seg"], num_segments=n_seg,
+                              info=info, elapsed_s=time.perf_counter() - run.t_start, report=final)
 
     def _decode_config(self, sampling: dict) -> DecodeConfig:
         unknown = set(sampling) - set(SAMPLING_DEFAULTS)
@@ -633,27 +723,49 @@ class IndexTTS2:
 
         Each job is a dict with ``text``, ``speaker_prompt`` and optionally ``emotion_prompt``,
         ``emotion_vector``, ``emotion_alpha``, ``target_tokens`` | ``duration_seconds``, ``seed``,
-        ``max_text_tokens_per_segment``, ``interval_silence_ms`` (``out``/``id`` are carried along), and ``codes``:
-        semantic codes to speak (a text of one segment; e.g. :meth:`semantic_codes` of a recording) instead of
-        generating them; the GPT then only gives their latent (teacher-forced over the text and the codes).
-        Sampling options apply to all jobs. Returns one ``(wave, sample_rate, report)`` per job.
+        ``max_text_tokens_per_segment``, ``interval_silence_ms``, ``quick_streaming_tokens`` (``out``/``id`` are
+        carried along), and ``codes``: semantic codes to speak (a text of one segment; e.g. :meth:`semantic_codes`
+        of a recording) instead of generating them; the GPT then only gives their latent (teacher-forced over the
+        text and the codes). Sampling options apply to all jobs. Returns one ``(wave, sample_rate, report)`` per
+        job.
         """
-        decode = self._decode_config(sampling)
-        t_start = time.perf_counter()
-        timings = dict.fromkeys(STAGES, 0.0)
-        compiles_before = sum(self.trace_counts.values())
-        cache_before = dict(self.cache_stats)
-        reports, items, spk_feats, job_conds = [], [], [], []
+        run = self._plan(jobs, self._decode_config(sampling), time.perf_counter())
+        run.batch_size = batch_size
+        waves: dict[tuple[int, int], np.ndarray] = {}
+        # similar text lengths share a chunk (less padding); results do not depend on the grouping
+        order = sorted(run.items, key=lambda it: -len(it["ids"]))
+        chunks = [order[i: i + batch_size] for i in range(0, len(order), max(batch_size, 1))]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(run.items), desc="segments", unit="seg")
+        for chunk in chunks:
+            outs = self._run_chunk(chunk, run.spk_feats, run.job_conds, run.decode, run.timings)
+            for it, (wave, info) in zip(chunk, outs):
+                waves[(it["job"], it["seg"])] = wave
+                run.reports[it["job"]]["segments"][it["seg"]] = info
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return self._finish(run, waves)
+
+    def _plan(self, jobs: Sequence[dict], decode: DecodeConfig, t_start: float) -> _Run:
+        """Check every job, compute (or fetch) its prompt features and conditioning, split its text into
+        segments with their code targets: the work items of :meth:`_run_chunk`, one per segment."""
+        run = _Run(jobs=list(jobs), decode=decode, t_start=t_start, timings=dict.fromkeys(STAGES, 0.0),
+                   compiles_before=sum(self.trace_counts.values()), cache_before=dict(self.cache_stats))
         for j, job in enumerate(jobs):
             report: dict[str, Any] = {"text": job.get("text")}
             if job.get("target_tokens") is not None and job.get("duration_seconds") is not None:
                 raise ConfigError("give target_tokens or duration_seconds, not both")
             t0 = time.perf_counter()
             segments = self._segments(job, report)
-            timings["text"] += time.perf_counter() - t0
-            spk, conds = self._resolve_job(job, report, timings)
-            spk_feats.append(spk)
-            job_conds.append(conds)
+            run.timings["text"] += time.perf_counter() - t0
+            spk, conds = self._resolve_job(job, report, run.timings)
+            run.spk_feats.append(spk)
+            run.job_conds.append(conds)
             silence_ms = float(job.get("interval_silence_ms", 200) if job.get("interval_silence_ms") is not None
                                else 200)
             total = job.get("target_tokens")
@@ -669,62 +781,51 @@ class IndexTTS2:
             given = self._given_codes(job, segments)
             seed = int(job.get("seed", 0) or 0)
             for s, (ids, tgt) in enumerate(zip(segments, targets)):
-                items.append(dict(job=j, seg=s, ids=ids, target=tgt, seed=seed, codes=given))
+                run.items.append(dict(job=j, seg=s, ids=ids, target=tgt, seed=seed, codes=given))
             report["segments"] = [None] * len(segments)
             report["silence_samples"] = int(self.sample_rate * silence_ms / 1000.0)
-            reports.append(report)
+            run.reports.append(report)
+        return run
 
-        waves: dict[tuple[int, int], np.ndarray] = {}
-        # similar text lengths share a chunk (less padding); results do not depend on the grouping
-        order = sorted(items, key=lambda it: -len(it["ids"]))
-        chunks = [order[i: i + batch_size] for i in range(0, len(order), max(batch_size, 1))]
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(items), desc="segments", unit="seg")
-        for chunk in chunks:
-            outs = self._run_chunk(chunk, spk_feats, job_conds, decode, timings)
-            for it, (wave, info) in zip(chunk, outs):
-                waves[(it["job"], it["seg"])] = wave
-                reports[it["job"]]["segments"][it["seg"]] = info
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-
-        wall = time.perf_counter() - t_start
+    def _finish(self, run: _Run, waves: dict[tuple[int, int], np.ndarray] | None
+                ) -> list[tuple[np.ndarray | None, int, dict]]:
+        """Join each job's segments with its silences (``waves`` None: no joining, the lengths only) and
+        complete the reports with the run's timings; one ``(wave, sample_rate, report)`` per job."""
+        wall = time.perf_counter() - run.t_start
         results = []
         total_audio = 0.0
-        for j, report in enumerate(reports):
-            parts = []
+        for j, report in enumerate(run.reports):
             n_seg = len(report["segments"])
-            for s in range(n_seg):
-                parts.append(waves[(j, s)])
-                if s < n_seg - 1 and report["silence_samples"] > 0:
-                    parts.append(np.zeros(report["silence_samples"], np.float32))
-            wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-            report["audio_seconds"] = wave.shape[0] / self.sample_rate
+            wave = None
+            if waves is not None:
+                parts = []
+                for s in range(n_seg):
+                    parts.append(waves[(j, s)])
+                    if s < n_seg - 1 and report["silence_samples"] > 0:
+                        parts.append(np.zeros(report["silence_samples"], np.float32))
+                wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            samples = sum(seg["samples"] for seg in report["segments"]) + max(n_seg - 1, 0) * report["silence_samples"]
+            report["audio_seconds"] = samples / self.sample_rate
             report["sample_rate"] = self.sample_rate
             total_audio += report["audio_seconds"]
             for k in ("out", "id"):
-                if jobs[j].get(k) is not None:
-                    report[k] = jobs[j][k]
+                if run.jobs[j].get(k) is not None:
+                    report[k] = run.jobs[j][k]
             results.append((wave, self.sample_rate, report))
         batch_info = {
-            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            "timings_s": {k: round(v, 4) for k, v in run.timings.items()},
             "wall_s": round(wall, 4),
             "audio_seconds": round(total_audio, 4),
             "rtf": round(wall / total_audio, 4) if total_audio > 0 else None,
-            "jobs": len(jobs), "segments": len(items), "batch_size": batch_size,
-            "new_compiles": sum(self.trace_counts.values()) - compiles_before,
-            "prompt_cache": {k: self.cache_stats[k] - cache_before[k] for k in self.cache_stats},
-            "decode": dataclasses.asdict(decode),
+            "jobs": len(run.jobs), "segments": len(run.items), "batch_size": run.batch_size,
+            "new_compiles": sum(self.trace_counts.values()) - run.compiles_before,
+            "prompt_cache": {k: self.cache_stats[k] - run.cache_before[k] for k in self.cache_stats},
+            "decode": dataclasses.asdict(run.decode),
             "dtype": self.dtype.name,
         }
         for _, _, report in results:
             report["batch"] = batch_info
-            if len(jobs) == 1:
+            if len(run.jobs) == 1:
                 report["timings_s"], report["rtf"] = batch_info["timings_s"], batch_info["rtf"]
         return results
 
