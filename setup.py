@@ -44,6 +44,7 @@ setup(
         "console_scripts": [
             "indextts2-train=experiments.train:run",
             "indextts2-synthesize=experiments.synthesize:run",
+            "indextts2-serve=experiments.serve:run",
             "indextts2-convert=experiments.convert:run",
             "indextts2-export=experiments.export:run",
         ],

@@ -1,0 +1,80 @@
+"""Serve IndexTTS-2 over HTTP (``indextts2-serve``): one model kept warm, concurrent requests batched.
+
+    python -m experiments.serve --model bundle/ --port 8000 [--batch_size 8 --max_wait_ms 25] [--warmup voice.wav]
+    curl -s localhost:8000/synthesize -d '{"text": "Hello there.", "speaker_prompt": "/data/voice.wav"}' -o out.wav
+    curl -sN localhost:8000/synthesize -d '{"text": "...", "speaker_prompt": "/data/voice.wav", "stream": true}' \\
+        | aplay -f S16_LE -r 22050 -c 1
+
+``--model`` takes what ``experiments.synthesize`` takes (an official model directory, a converted checkpoint,
+a bundle, or ``random:tiny``). ``--warmup PROMPT`` synthesizes one sentence before listening, so the first
+client does not wait for compilation. The endpoints and the request keys: ``indextts2_jax/infer/server.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from indextts2_jax.errors import IndexTTS2Error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="indextts2-serve", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model dir / bundle / checkpoint, or random:tiny|random:official")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed)")
+    p.add_argument("--batch_size", type=int, default=8, help="most requests per device batch")
+    p.add_argument("--max_wait_ms", type=float, default=25.0, help="how long a request waits for batch mates")
+    p.add_argument("--prompt_root", help="confine prompt paths to this folder")
+    p.add_argument("--prompt_dir", help="where uploaded prompts are kept (default: a temporary folder)")
+    p.add_argument("--diffusion_steps", type=int, default=None, help="CFM steps (default 25)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--warmup", help="a speaker prompt to synthesize one sentence with before listening")
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    return p
+
+
+def main(argv=None, tts=None, ready: threading.Event | None = None, servers: list | None = None) -> None:
+    """Build the model (or use ``tts``), serve until SIGINT/SIGTERM. ``ready`` is set once listening and
+    ``servers`` receives the server (tests)."""
+    from experiments.synthesize import load_model
+    from indextts2_jax.infer.server import SynthesisService, make_server
+
+    args = build_parser().parse_args(argv)
+    if tts is None:
+        tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps)
+    if args.warmup:
+        _, _, report = tts.synthesize("Hello, this is a warm-up sentence.", args.warmup)
+        print(f"warm-up: {report['batch']['wall_s']:.1f} s", file=sys.stderr)
+    service = SynthesisService(tts, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+                               prompt_dir=args.prompt_dir, prompt_root=args.prompt_root)
+    server = make_server(service, args.host, args.port, verbose=args.verbose)
+    host, port = server.server_address[:2]
+    print(f"serving {tts.assets.source} on http://{host}:{port} (batch {service.batch_size}, "
+          f"wait {args.max_wait_ms} ms)", file=sys.stderr, flush=True)
+    if servers is not None:
+        servers.append(server)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):  # shutdown() must come from another thread
+            signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        service.close()
+
+
+def run(argv=None) -> None:
+    try:
+        main(argv)
+    except IndexTTS2Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    run()
