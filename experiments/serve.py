@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 
-from indextts2_jax.errors import IndexTTS2Error
+from experiments import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +69,8 @@ def main(argv=None, tts=None, ready: threading.Event | None = None, servers: lis
 
 
 def run(argv=None) -> None:
-    try:
-        main(argv)
-    except IndexTTS2Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    """Console-script entry point: errors about the input end the program with a message, not a traceback."""
+    run_cli(main, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import json
 import sys
 from pathlib import Path
 
-from indextts2_jax.errors import IndexTTS2Error
+from experiments import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,11 +186,7 @@ def _stream_to_wav(tts, text: str, speaker_prompt, out, progress: bool, options:
 
 def run(argv=None) -> None:
     """Console-script entry point: errors about the input end the program with a message, not a traceback."""
-    try:
-        main(argv)
-    except IndexTTS2Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    run_cli(main, argv)
 
 
 if __name__ == "__main__":

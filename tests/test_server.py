@@ -71,6 +71,23 @@ def _post(url: str, body, raw: bytes | None = None):
         return e.code, dict(e.headers), e.read()
 
 
+def _post_together(url: str, bodies: list) -> list:
+    """Post each body from its own thread, all released at once; the responses in order."""
+    results = [None] * len(bodies)
+    start = threading.Barrier(len(bodies))
+
+    def client(i):
+        start.wait()
+        results[i] = _post(url, bodies[i])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
 def _samples(wav: bytes) -> np.ndarray:
     data, sr = sf.read(io.BytesIO(wav), dtype="int16")
     assert sr == 22050
@@ -108,18 +125,7 @@ def test_concurrent_requests_share_a_batch(server, tts, prompt):
     url, _ = server
     bodies = [dict(text="hello world.", speaker_prompt=prompt, seed=1, target_tokens=9, sampling=GREEDY),
               dict(text="the quick brown fox.", speaker_prompt=prompt, seed=2, sampling=GREEDY)]
-    results = [None, None]
-    start = threading.Barrier(2)
-
-    def client(i):
-        start.wait()
-        results[i] = _post(url, bodies[i])
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = _post_together(url, bodies)
     for body, (status, headers, data) in zip(bodies, results):
         assert status == 200 and headers["X-Batch-Jobs"] == "2"
         job = {k: v for k, v in body.items() if k != "sampling"}
@@ -134,18 +140,7 @@ def test_bad_request_in_a_batch_fails_alone(server, tmp_path, prompt):
     url, _ = server
     bodies = [dict(text="hello world.", speaker_prompt=prompt, sampling=GREEDY),
               dict(text="hello world.", speaker_prompt=str(tmp_path / "missing.wav"), sampling=GREEDY)]
-    results = [None, None]
-    start = threading.Barrier(2)
-
-    def client(i):
-        start.wait()
-        results[i] = _post(url, bodies[i])
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = _post_together(url, bodies)
     assert results[0][0] == 200 and results[0][1]["X-Batch-Jobs"] == "1"
     with urllib.request.urlopen(url + "/stats", timeout=30) as resp:
         assert json.loads(resp.read())["batches_split"] == 1  # they shared a batch, which failed and was split
