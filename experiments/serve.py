@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed)")
     p.add_argument("--batch_size", type=int, default=8, help="most requests per device batch")
     p.add_argument("--max_wait_ms", type=float, default=25.0, help="how long a request waits for batch mates")
+    p.add_argument("--max_queue", type=int, default=256, help="most waiting requests; more answer 503")
     p.add_argument("--prompt_root", help="confine prompt paths to this folder")
     p.add_argument("--prompt_dir", help="where uploaded prompts are kept (default: a temporary folder)")
     p.add_argument("--diffusion_steps", type=int, default=None, help="CFM steps (default 25)")
@@ -49,7 +50,8 @@ def main(argv=None, tts=None, ready: threading.Event | None = None, servers: lis
         _, _, report = tts.synthesize("Hello, this is a warm-up sentence.", args.warmup)
         print(f"warm-up: {report['batch']['wall_s']:.1f} s", file=sys.stderr)
     service = SynthesisService(tts, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
-                               prompt_dir=args.prompt_dir, prompt_root=args.prompt_root)
+                               prompt_dir=args.prompt_dir, prompt_root=args.prompt_root,
+                               max_queue=args.max_queue)
     server = make_server(service, args.host, args.port, verbose=args.verbose)
     host, port = server.server_address[:2]
     print(f"serving {tts.assets.source} on http://{host}:{port} (batch {service.batch_size}, "

@@ -19,7 +19,7 @@ import soundfile as sf
 from indextts2_jax import errors
 from indextts2_jax.infer import pipeline
 from indextts2_jax.infer.random_assets import random_assets, tiny_config
-from indextts2_jax.infer.server import RequestError, SynthesisService
+from indextts2_jax.infer.server import RequestError, ServerBusyError, SynthesisService
 
 GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=10.0, max_mel_tokens=16)
 pytestmark = pytest.mark.filterwarnings("ignore:.*no stop token:RuntimeWarning")
@@ -234,3 +234,13 @@ def test_prompt_root_confines_paths(tts, prompt, tmp_path):
         assert issubclass(RequestError, errors.IndexTTS2Error)
     finally:
         service.close()
+
+
+def test_full_queue_refuses(tts, tmp_path):
+    """Requests beyond max_queue are refused (the HTTP layer answers 503 with Retry-After) and counted."""
+    service = SynthesisService(tts, max_queue=1, prompt_dir=tmp_path)
+    service.close()  # no worker: what is queued stays queued
+    service.submit(service.parse(dict(text="hi.", speaker_prompt="a.wav")))
+    with pytest.raises(ServerBusyError, match="max_queue 1"):
+        service.submit(service.parse(dict(text="hi.", speaker_prompt="a.wav")))
+    assert service.snapshot()["refused"] == 1

@@ -21,7 +21,8 @@ shared the device batch) and ``X-Segments`` headers; with ``stream``, ``audio/L1
 (raw little-endian 16-bit PCM) in HTTP/1.1 chunks, one per text segment (the inter-segment silence included);
 the stream's time to first audio shows as ``last.first_audio_s`` in ``GET /stats``. Bad input (an
 :class:`IndexTTS2Error`: empty text, missing or corrupt prompt audio, an unknown key, a bad option) answers 400
-with ``{"error", "type"}`` and costs no other request anything; anything else 500.
+with ``{"error", "type"}`` and costs no other request anything; more than ``max_queue`` waiting requests
+answer 503 with ``Retry-After``; anything else 500.
 
 ``GET /health``: ``{"status": "ok", "model", "sample_rate"}``. ``GET /stats``: requests, batches, errors,
 streams, batches split (re-run one by one after bad input), the mean batch size and the last batch's report.
@@ -66,6 +67,10 @@ class RequestError(ConfigError):
     """A malformed request (not JSON, unknown key, bad base64, a prompt outside ``prompt_root``)."""
 
 
+class ServerBusyError(IndexTTS2Error):
+    """``max_queue`` requests already wait: the request is refused (HTTP 503 with ``Retry-After``)."""
+
+
 @dataclasses.dataclass
 class _Request:
     job: dict
@@ -92,9 +97,11 @@ class SynthesisService:
       max_wait_ms: how long the oldest request waits for batch mates.
       prompt_dir: where uploaded prompts are stored (default: a new temporary folder).
       prompt_root: if given, prompt paths must lie inside this folder.
+      max_queue: most requests waiting for the worker; more are refused with :class:`ServerBusyError`.
     """
 
-    def __init__(self, tts, *, batch_size: int = 8, max_wait_ms: float = 25.0, prompt_dir=None, prompt_root=None):
+    def __init__(self, tts, *, batch_size: int = 8, max_wait_ms: float = 25.0, prompt_dir=None, prompt_root=None,
+                 max_queue: int = 256):
         from indextts2_jax.infer.pipeline import JOB_KEYS
 
         self.tts = tts
@@ -103,10 +110,11 @@ class SynthesisService:
         self.prompt_dir = Path(prompt_dir) if prompt_dir else Path(tempfile.mkdtemp(prefix="indextts2_prompts_"))
         self.prompt_dir.mkdir(parents=True, exist_ok=True)
         self.prompt_root = Path(prompt_root).resolve() if prompt_root else None
+        self.max_queue = int(max_queue)
         self.job_keys = frozenset(JOB_KEYS) - {"out", "id"}
         self.queue: queue.Queue[_Request | None] = queue.Queue()
         self.stats = {"requests": 0, "batches": 0, "batched_requests": 0, "errors": 0, "streams": 0,
-                      "batches_split": 0}
+                      "batches_split": 0, "refused": 0}
         self.last_report: dict = {}
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="indextts2-synthesis", daemon=True)
@@ -168,6 +176,10 @@ class SynthesisService:
     def submit(self, request: _Request) -> _Request:
         with self._lock:
             self.stats["requests"] += 1
+            if self.queue.qsize() >= self.max_queue:
+                self.stats["refused"] += 1
+                raise ServerBusyError(f"{self.queue.qsize()} requests are waiting (max_queue {self.max_queue}); "
+                                      "retry later")
         self.queue.put(request)
         return request
 
@@ -329,8 +341,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, error: BaseException) -> None:
-        status = 400 if isinstance(error, IndexTTS2Error) else 500
-        self._json(status, {"error": str(error), "type": type(error).__name__})
+        payload = json.dumps({"error": str(error), "type": type(error).__name__}).encode()
+        busy = isinstance(error, ServerBusyError)
+        self.send_response(503 if busy else 400 if isinstance(error, IndexTTS2Error) else 500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        if busy:
+            self.send_header("Retry-After", "1")
+        self.end_headers()
+        self.wfile.write(payload)
 
     def do_GET(self):  # noqa: N802 - http.server's name
         if self.path == "/health":
