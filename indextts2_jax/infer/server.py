@@ -185,9 +185,10 @@ class SynthesisService:
 
     def synthesize(self, body: dict, timeout: float | None = None) -> tuple[np.ndarray, int, dict, int]:
         """Parse, queue and wait: ``(wave, sample_rate, report, batch_jobs)``; raises the request's error."""
-        req = self.submit(self.parse(body))
+        req = self.parse(body)
         if req.stream:
-            raise RequestError("use stream() for a streaming request")
+            raise RequestError("synthesize() answers whole requests; submit a streaming one and read stream()")
+        self.submit(req)
         if not req.done.wait(timeout):
             raise TimeoutError(f"no result within {timeout} s")
         if req.error is not None:
