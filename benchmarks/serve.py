@@ -5,10 +5,11 @@
 
 For each ``--batch_size`` (default ``1,8``) a fresh server (``experiments.serve``'s service on an ephemeral
 127.0.0.1 port) takes ``--clients`` concurrent clients, each posting ``--requests`` texts (``TEXTS`` in turn,
-``--sampling`` decoding, default greedy) with one speaker prompt; one warm-up round per text first compiles every
-shape. Columns: requests per second, seconds of audio per second, latency p50 / p95 (seconds, client side), the
-mean device batch (``/stats``), the compiles during the timed part (a batch of a new shape bucket) and the
-server's errors. Traffic stays on loopback.
+``--sampling`` decoding, default greedy) with one speaker prompt, ``--rounds`` times (a row each). One warm-up
+request per text and one full batch run first, but batches of other sizes and lengths compile when they first
+occur (the ``compiles`` column), so the later rounds are the steady state. Columns: requests per second,
+seconds of audio per second, latency p50 / p95 (seconds, client side), the mean device batch (``/stats``), the
+compiles during the round and the server's errors. Traffic stays on loopback.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _prompt_file(d: Path) -> str:
 
 
 def run_one(tts, batch_size: int, clients: int, requests: int, prompt: str, sampling: dict,
-            max_wait_ms: float) -> dict:
+            max_wait_ms: float, rounds: int) -> list[dict]:
     from indextts2_jax.infer.server import SynthesisService, make_server
 
     with tempfile.TemporaryDirectory() as d:
@@ -69,39 +70,45 @@ def run_one(tts, batch_size: int, clients: int, requests: int, prompt: str, samp
                 t.start()
             for t in warm:
                 t.join()
-            before = json.loads(urllib.request.urlopen(url + "/stats").read())
-            compiles_before = sum(tts.trace_counts.values())
-            latencies, audio = [], []
-            lock = threading.Lock()
-
-            def client(c):
-                for r in range(requests):
-                    t0 = time.perf_counter()
-                    _, headers = _post(url, body(c * requests + r))
-                    with lock:
-                        latencies.append(time.perf_counter() - t0)
-                        audio.append(float(headers["X-Audio-Seconds"]))
-
-            threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            after = json.loads(urllib.request.urlopen(url + "/stats").read())
-            compiles = sum(tts.trace_counts.values()) - compiles_before
+            rows = [_timed_round(url, tts, body, clients, requests) for _ in range(rounds)]
         finally:
             server.shutdown()
             server.server_close()
             service.close()
+    for i, row in enumerate(rows):
+        row.update(batch_size=batch_size, round=i + 1)
+    return rows
+
+
+def _timed_round(url: str, tts, body, clients: int, requests: int) -> dict:
+    before = json.loads(urllib.request.urlopen(url + "/stats").read())
+    compiles_before = sum(tts.trace_counts.values())
+    latencies, audio = [], []
+    lock = threading.Lock()
+
+    def client(c):
+        for r in range(requests):
+            t0 = time.perf_counter()
+            _, headers = _post(url, body(c * requests + r))
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                audio.append(float(headers["X-Audio-Seconds"]))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    after = json.loads(urllib.request.urlopen(url + "/stats").read())
     batches = after["batches"] - before["batches"]
     n = len(latencies)
     lat = sorted(latencies)
-    return {"batch_size": batch_size, "clients": clients, "requests": n, "wall s": wall, "req/s": n / wall,
+    return {"batch_size": 0, "round": 0, "clients": clients, "requests": n, "wall s": wall, "req/s": n / wall,
             "audio s/s": sum(audio) / wall, "p50 s": statistics.median(lat), "p95 s": lat[min(n - 1, int(0.95 * n))],
             "mean batch": (after["batched_requests"] - before["batched_requests"]) / max(batches, 1),
-            "compiles": compiles, "errors": after["errors"] - before["errors"]}
+            "compiles": sum(tts.trace_counts.values()) - compiles_before, "errors": after["errors"] - before["errors"]}
 
 
 def main(argv=None) -> list[dict]:
@@ -112,6 +119,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--max_wait_ms", type=float, default=25.0)
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per batch size (a row each)")
     p.add_argument("--sampling", default='{"do_sample": false, "num_beams": 1}', help="JSON decoding options")
     p.add_argument("--diffusion_steps", type=int, default=None)
     args = p.parse_args(argv)
@@ -125,7 +133,7 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         prompt = args.prompt or _prompt_file(Path(d))
         for b in [int(x) for x in args.batch_size.split(",") if x]:
-            rows.append(run_one(tts, b, args.clients, args.requests, prompt, sampling, args.max_wait_ms))
+            rows += run_one(tts, b, args.clients, args.requests, prompt, sampling, args.max_wait_ms, args.rounds)
     import jax
 
     print(f"# {tts.assets.source}, {jax.devices()[0].device_kind}, {args.clients} clients x {args.requests} "
