@@ -22,8 +22,32 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
-def test_loss_falls_and_metrics_written(tmp_path):
-    out = train(toy_config(steps=60), str(tmp_path), ToyTask(toy_config(steps=60)))
+class _CompileLog:
+    """Counts XLA compilations by function name while active (jax's compile log, WARNING level)."""
+
+    def __init__(self, caplog):
+        self.caplog = caplog
+
+    def __enter__(self):
+        self.ctx = jax.log_compiles(True)
+        self.ctx.__enter__()
+        self.caplog.set_level("WARNING")
+        self.caplog.clear()
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+
+    def count(self, name: str) -> int:
+        return sum(f"Finished XLA compilation of jit({name})" in r.getMessage() for r in self.caplog.records)
+
+
+def test_loss_falls_and_metrics_written(tmp_path, caplog):
+    with _CompileLog(caplog) as compiles:
+        out = train(toy_config(steps=60), str(tmp_path), ToyTask(toy_config(steps=60)))
+    # one compile of the step (ahead of time; the loop finds it in jax's cache) and one of the evaluation for
+    # its 3 calls (a jitted lambda per call compiled each time: 3)
+    assert compiles.count("train_step") == 1 and compiles.count("eval_step") == 1
     losses = _losses(tmp_path)
     assert out["step"] == 60
     assert losses[60] < 0.5 * losses[5], losses
@@ -93,10 +117,12 @@ class PhasedToyTask(ToyTask):
         return super().flops_per_step(batch, num_params)
 
 
-def test_phases_compile_a_step_each_and_survive_resume(tmp_path):
+def test_phases_compile_a_step_each_and_survive_resume(tmp_path, caplog):
     cfg = toy_config(steps=6, **{"log.every_steps": 1, "log.eval_every_steps": 6, "log.peak_flops": 1e12})
     task = PhasedToyTask(cfg)
-    train(cfg, str(tmp_path / "full"), task)
+    with _CompileLog(caplog) as compiles:
+        train(cfg, str(tmp_path / "full"), task)
+    assert compiles.count("train_step") == 2  # phase 0 ahead of time, phase 1 when the run reaches it
     rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
     train_rows = {r["step"]: r for r in rows if r["split"] == "train"}
     # logged step s is the 0-based step s - 1: steps 0-2 in phase 0, 3-5 in phase 1

@@ -316,12 +316,14 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
             return step_fns[phase]
 
         t0 = time.perf_counter()
+        # a loop call with the example batch's shapes finds this executable in jax's compilation cache
         compiled = step_fn_of(phase_at(starts, int(state.step))).lower(state, example_global, step_rng).compile()
         log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
         try:
             log.info("memory analysis: %s", compiled.memory_analysis())
         except Exception:  # not every backend reports it
             pass
+        eval_fn = eval_step_fn(task)  # one jitted evaluation for the run (a new one per call compiled anew)
 
         stop = {"signal": False}
 
@@ -369,7 +371,7 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                     if at_ckpt or stop["signal"] or early:
                         _save(mngr, step, state, train_iter)
                 if step % int(config.log.eval_every_steps) == 0 or step == total_steps:
-                    ev = evaluate(task, state.params, mesh, int(config.log.num_eval_batches))
+                    ev = evaluate(task, state.params, mesh, int(config.log.num_eval_batches), eval_fn)
                     if ev:
                         writer.scalars(step, ev, prefix="eval")
                     if is_main:
@@ -385,11 +387,23 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
     return {"step": step, "metrics": last_metrics, "num_params": num_params}
 
 
-def evaluate(task: Task, params, mesh, num_batches: int) -> dict[str, float]:
+def eval_step_fn(task: Task):
+    """The jitted evaluation loss of ``task`` (``train=False``, the full form): build it once per run, so that
+    every evaluation reuses its compiled programs."""
+
+    def eval_step(params, batch):
+        return task.loss_fn(params, batch, jax.random.key(0), False)
+
+    return jax.jit(eval_step)
+
+
+def evaluate(task: Task, params, mesh, num_batches: int, eval_fn=None) -> dict[str, float]:
+    """Mean loss and metrics over ``num_batches`` batches of the task's eval iterator (``{}`` without one).
+    ``eval_fn``: :func:`eval_step_fn`'s function, reused across calls (default: a new one, compiled anew)."""
     it = task.eval_iterator(jax.process_index(), jax.process_count())
     if it is None:
         return {}
-    eval_fn = jax.jit(lambda p, b: task.loss_fn(p, b, jax.random.key(0), False))
+    eval_fn = eval_fn if eval_fn is not None else eval_step_fn(task)
     sums: dict[str, float] = {}
     n = 0
     for _ in range(num_batches):
