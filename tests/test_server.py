@@ -17,9 +17,8 @@ import pytest
 import soundfile as sf
 
 from indextts2_jax import errors
-from indextts2_jax.infer import pipeline
-from indextts2_jax.infer.random_assets import random_assets, tiny_config
 from indextts2_jax.infer.server import RequestError, ServerBusyError, SynthesisService
+from tests.tiny_model import tiny_tts
 
 GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=10.0, max_mel_tokens=16)
 pytestmark = pytest.mark.filterwarnings("ignore:.*no stop token:RuntimeWarning")
@@ -27,8 +26,8 @@ TEXT = "hello world, this is a test. the quick brown fox jumps over the lazy dog
 
 
 @pytest.fixture(scope="module")
-def tts():
-    return pipeline.IndexTTS2(random_assets(tiny_config(minimal=True), seed=0), diffusion_steps=2)
+def tts(tmp_path_factory):
+    return tiny_tts(tmp_path_factory.mktemp("tiny_official"))
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from indextts2_jax import errors
 from indextts2_jax.infer import pipeline
 from indextts2_jax.infer.random_assets import random_assets, tiny_config
 from indextts2_jax.models import gpt
+from tests.tiny_model import tiny_tts
 
 GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=10.0, max_mel_tokens=16)
 # random weights rarely emit the stop token: segments run to max_mel_tokens (the pipeline warns)
@@ -31,19 +32,7 @@ TEXT2 = "she sells sea shells by the sea shore. how much wood would a woodchuck 
 
 @pytest.fixture(scope="module")
 def tts(tmp_path_factory):
-    """The tiny official-format model directory through ``from_pretrained`` (the official loader) when torch
-    is there to write it, else ``random_assets`` at the same kind of sizes."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return pipeline.IndexTTS2(random_assets(tiny_config(minimal=True), seed=0), diffusion_steps=2)
-    from indextts2_jax.convert.tiny_official import make_tiny_official_model_dir
-
-    model_dir = tmp_path_factory.mktemp("tiny_official")
-    make_tiny_official_model_dir(model_dir, seed=0)
-    model = pipeline.IndexTTS2.from_pretrained(model_dir, diffusion_steps=2)
-    assert model.assets.source.startswith("official:")
-    return model
+    return tiny_tts(tmp_path_factory.mktemp("tiny_official"))
 
 
 def test_random_assets_complete():
@@ -132,6 +121,21 @@ def test_second_text_compiles_nothing(tts, prompts):
     assert report["batch"]["new_compiles"] == 0
     assert compiles == [], f"XLA compiled {len(compiles)} programs for a new text"
     assert report["batch"]["prompt_cache"]["hits"] >= 2 and report["batch"]["prompt_cache"]["misses"] == 0
+
+
+def test_second_model_of_the_same_config_compiles_nothing(tts, prompts):
+    """Synthesizers of one config share their jitted stages: other weights (a reloaded or fine-tuned model)
+    run the compiled programs; other settings (diffusion steps) get their own."""
+    import dataclasses
+
+    wave, _, _ = tts.synthesize("hello world.", prompts["spk"], **GREEDY)  # warm (no-op if warm)
+    scaled = jax.tree.map(lambda x: x * 1.01 if jnp.issubdtype(x.dtype, jnp.floating) else x, tts.assets.params)
+    other = pipeline.IndexTTS2(dataclasses.replace(tts.assets, params=scaled), diffusion_steps=2)
+    assert other.trace_counts is tts.trace_counts
+    wave2, _, report = other.synthesize("hello world.", prompts["spk"], **GREEDY)
+    assert report["batch"]["new_compiles"] == 0
+    assert not np.array_equal(wave, wave2)  # its own weights
+    assert pipeline.IndexTTS2(tts.assets, diffusion_steps=3).trace_counts is not tts.trace_counts
 
 
 def test_seed_determinism_and_sampling(tts, prompts):

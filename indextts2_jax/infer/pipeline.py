@@ -293,11 +293,15 @@ class IndexTTS2:
             params.update(w2v=p["w2v_bert"], w2v_mean=np.asarray(assets.w2v_stats["mean"], np.float32),
                           w2v_var=np.asarray(assets.w2v_stats["var"], np.float32))
         self.params = jax.device_put(params)
-        self.gpt_model = gpt.UnifiedVoice(self.cfg.gpt, dtype=self.dtype)
         self.prompt_cache = _LRU(prompt_cache_size)
         self.cache_stats = {"hits": 0, "misses": 0}
-        self.trace_counts: collections.Counter = collections.Counter()
-        self._build_jits()
+        # the jitted stages, shared by every synthesizer of the same configs and settings in this process (a
+        # reloaded or fine-tuned model of the same config compiles nothing); trace_counts counts their traces
+        stages = _shared_stages(self.cfg, self.dtype, self.diffusion_steps, self.cfg_rate)
+        self.gpt_model, self.trace_counts = stages["gpt_model"], stages["trace_counts"]
+        self._w2v, self._codec, self._style = stages["w2v_bert"], stages["codec"], stages["campplus"]
+        self._conditioning, self._cond_block = stages["conditioning"], stages["conditioning_block"]
+        self._latent, self._s2m, self._vocode = stages["latent"], stages["s2m"], stages["vocoder"]
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -325,66 +329,6 @@ class IndexTTS2:
             raise ModelDirectoryError(f"{str(p)!r} is neither an official model directory (config.yaml), a "
                                       "converted checkpoint (converted.json) nor an exported bundle (bundle.json)")
         return cls(assets, dtype=dtype, **kwargs)
-
-    def _counted_jit(self, name: str, fn: Callable, **jit_kw):
-        def traced(*args, **kw):
-            self.trace_counts[name] += 1  # runs once per new compile (trace)
-            return fn(*args, **kw)
-
-        return jax.jit(traced, **jit_kw)
-
-    def _build_jits(self):
-        c = self.cfg
-        dt = self.dtype
-        w2v_model = w2v_bert.W2VBert(c.w2v, num_layers=c.w2v.layers_for_embedding)
-        codec_model = semantic_codec.SemanticCodec(c.inference_codec)
-        camp_model = campplus.CAMPPlus(c.campplus)
-        voc_model = bigvgan.BigVGAN(c.bigvgan, dtype=dt)
-        gm = self.gpt_model
-
-        def w2v_embed(params, feats, mask):
-            hidden = w2v_model.apply({"params": params["w2v"]}, feats, mask, return_all=False)
-            return w2v_bert.normalize_hidden(hidden, params["w2v_mean"], params["w2v_var"])
-
-        def codec_quantize(params, emb, mask):  # (codes (B, T), quantized embeddings (B, T, D))
-            return codec_model.apply({"params": params["codec"]}, emb, mask,
-                                     method=semantic_codec.SemanticCodec.quantize)
-
-        def style(params, fbank):
-            return camp_model.apply(params["campplus"], fbank)
-
-        def conditioning(params, spk_emb, spk_len, emo_emb, emo_len):
-            def f(m):
-                latents = m.speaker_conditioning(spk_emb, spk_len)
-                base = m.emovec(spk_emb, spk_len)
-                emo = m.emovec(emo_emb, emo_len)
-                return latents, base, emo
-            return gm.apply({"params": params["gpt"]}, method=f)
-
-        def cond_block(params, latents, emovec):
-            return gm.apply({"params": params["gpt"]}, latents, emovec, method=gpt.UnifiedVoice.conditioning_block)
-
-        def latent(params, conds, text_ids, text_lens, codes, code_lens):
-            return gm.apply({"params": params["gpt"]}, conds, text_ids, text_lens, codes, code_lens,
-                            method=_packed_latent).astype(jnp.float32)
-
-        def s2m(params, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat, codes, code_lens, target_lens,
-                noise_keys, g_max, t_len):
-            return _s2m_stage(params, c.s2mel, c.inference_codec, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat,
-                              codes, code_lens, target_lens, noise_keys, g_max, t_len, self.diffusion_steps,
-                              self.cfg_rate, dt)
-
-        def vocode(params, mel):
-            return voc_model.apply({"params": params["bigvgan"]}, mel)
-
-        self._w2v = self._counted_jit("w2v_bert", w2v_embed)
-        self._codec = self._counted_jit("codec", codec_quantize)
-        self._style = self._counted_jit("campplus", style)
-        self._conditioning = self._counted_jit("conditioning", conditioning)
-        self._cond_block = self._counted_jit("conditioning_block", cond_block)
-        self._latent = self._counted_jit("latent", latent)
-        self._s2m = self._counted_jit("s2m", s2m, static_argnames=("g_max", "t_len"))
-        self._vocode = self._counted_jit("vocoder", vocode)
 
     def _bucket(self, n: int, minimum: int) -> int:
         return bucket_size(n, minimum, self.buckets)
@@ -937,6 +881,78 @@ class IndexTTS2:
         summary = {"jobs": entries, "batch": results[0][2]["batch"] if results else {}}
         (out_dir / "report.json").write_text(json.dumps(summary, indent=2, default=_json_default))
         return summary
+
+
+_STAGES: collections.OrderedDict = collections.OrderedDict()  # (configs, dtype, steps, cfg rate) -> stages
+_STAGES_KEPT = 4
+
+
+def _shared_stages(c: ComponentConfigs, dt, diffusion_steps: int, cfg_rate: float) -> dict:
+    """The jitted pipeline stages for these configs and settings, built once per process (an LRU of the last
+    ``_STAGES_KEPT`` settings). Params are arguments, never captured, so models of the same config share them."""
+    key = (repr(c), jnp.dtype(dt).name, int(diffusion_steps), float(cfg_rate))
+    if key in _STAGES:
+        _STAGES.move_to_end(key)
+        return _STAGES[key]
+    trace_counts: collections.Counter = collections.Counter()
+
+    def counted_jit(name: str, fn: Callable, **jit_kw):
+        def traced(*args, **kw):
+            trace_counts[name] += 1  # runs once per new compile (trace)
+            return fn(*args, **kw)
+
+        return jax.jit(traced, **jit_kw)
+
+    w2v_model = w2v_bert.W2VBert(c.w2v, num_layers=c.w2v.layers_for_embedding)
+    codec_model = semantic_codec.SemanticCodec(c.inference_codec)
+    camp_model = campplus.CAMPPlus(c.campplus)
+    voc_model = bigvgan.BigVGAN(c.bigvgan, dtype=dt)
+    gm = gpt.UnifiedVoice(c.gpt, dtype=dt)
+
+    def w2v_embed(params, feats, mask):
+        hidden = w2v_model.apply({"params": params["w2v"]}, feats, mask, return_all=False)
+        return w2v_bert.normalize_hidden(hidden, params["w2v_mean"], params["w2v_var"])
+
+    def codec_quantize(params, emb, mask):  # (codes (B, T), quantized embeddings (B, T, D))
+        return codec_model.apply({"params": params["codec"]}, emb, mask, method=semantic_codec.SemanticCodec.quantize)
+
+    def style(params, fbank):
+        return camp_model.apply(params["campplus"], fbank)
+
+    def conditioning(params, spk_emb, spk_len, emo_emb, emo_len):
+        def f(m):
+            latents = m.speaker_conditioning(spk_emb, spk_len)
+            base = m.emovec(spk_emb, spk_len)
+            emo = m.emovec(emo_emb, emo_len)
+            return latents, base, emo
+        return gm.apply({"params": params["gpt"]}, method=f)
+
+    def cond_block(params, latents, emovec):
+        return gm.apply({"params": params["gpt"]}, latents, emovec, method=gpt.UnifiedVoice.conditioning_block)
+
+    def latent(params, conds, text_ids, text_lens, codes, code_lens):
+        return gm.apply({"params": params["gpt"]}, conds, text_ids, text_lens, codes, code_lens,
+                        method=_packed_latent).astype(jnp.float32)
+
+    def s2m(params, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat, codes, code_lens, target_lens,
+            noise_keys, g_max, t_len):
+        return _s2m_stage(params, c.s2mel, c.inference_codec, S_ref, S_ref_lens, ref_mel, ref_lens, style_vec, lat,
+                          codes, code_lens, target_lens, noise_keys, g_max, t_len, diffusion_steps, cfg_rate, dt)
+
+    def vocode(params, mel):
+        return voc_model.apply({"params": params["bigvgan"]}, mel)
+
+    stages = {
+        "gpt_model": gm, "trace_counts": trace_counts,
+        "w2v_bert": counted_jit("w2v_bert", w2v_embed), "codec": counted_jit("codec", codec_quantize),
+        "campplus": counted_jit("campplus", style), "conditioning": counted_jit("conditioning", conditioning),
+        "conditioning_block": counted_jit("conditioning_block", cond_block), "latent": counted_jit("latent", latent),
+        "s2m": counted_jit("s2m", s2m, static_argnames=("g_max", "t_len")), "vocoder": counted_jit("vocoder", vocode),
+    }
+    _STAGES[key] = stages
+    while len(_STAGES) > _STAGES_KEPT:
+        _STAGES.popitem(last=False)
+    return stages
 
 
 def stacked_mel_features(wave_22k: np.ndarray, mel_config) -> np.ndarray:
