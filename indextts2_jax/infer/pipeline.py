@@ -225,11 +225,6 @@ class _Run:
     job_conds: list = dataclasses.field(default_factory=list)
 
 
-def _job(text, speaker_prompt, **options) -> dict:
-    """One job dict (the keys of :data:`JOB_KEYS`) from :meth:`IndexTTS2.synthesize`'s arguments."""
-    return dict(text=text, speaker_prompt=speaker_prompt, **options)
-
-
 class IndexTTS2:
     """Zero-shot TTS with emotion and duration control.
 
@@ -595,9 +590,9 @@ class IndexTTS2:
 
         Returns ``(wave float32 (N,), sample_rate, report)``.
         """
-        job = _job(text, speaker_prompt, emotion_prompt=emotion_prompt, emotion_vector=emotion_vector,
-                   emotion_alpha=emotion_alpha, target_tokens=target_tokens, duration_seconds=duration_seconds,
-                   seed=seed, interval_silence_ms=interval_silence_ms,
+        job = dict(text=text, speaker_prompt=speaker_prompt, emotion_prompt=emotion_prompt,
+                   emotion_vector=emotion_vector, emotion_alpha=emotion_alpha, target_tokens=target_tokens,
+                   duration_seconds=duration_seconds, seed=seed, interval_silence_ms=interval_silence_ms,
                    max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
                    use_random=use_random, codes=codes, quick_streaming_tokens=quick_streaming_tokens)
         (result,) = self.synthesize_batch([job], batch_size=batch_size, progress=progress, **sampling)
@@ -622,9 +617,9 @@ class IndexTTS2:
         (:meth:`synthesize`'s, plus ``first_audio_s``, the seconds from this call to the first chunk).
         """
         t_start = time.perf_counter()
-        job = _job(text, speaker_prompt, emotion_prompt=emotion_prompt, emotion_vector=emotion_vector,
-                   emotion_alpha=emotion_alpha, target_tokens=target_tokens, duration_seconds=duration_seconds,
-                   seed=seed, interval_silence_ms=interval_silence_ms,
+        job = dict(text=text, speaker_prompt=speaker_prompt, emotion_prompt=emotion_prompt,
+                   emotion_vector=emotion_vector, emotion_alpha=emotion_alpha, target_tokens=target_tokens,
+                   duration_seconds=duration_seconds, seed=seed, interval_silence_ms=interval_silence_ms,
                    max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
                    use_random=use_random, codes=codes, quick_streaming_tokens=quick_streaming_tokens)
         run = self._plan([job], self._decode_config(sampling), t_start)
