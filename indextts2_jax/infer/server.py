@@ -333,24 +333,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if getattr(self.server, "verbose", False):
             super().log_message(format, *args)
 
-    def _json(self, status: int, payload: dict) -> None:
+    def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
     def _error(self, error: BaseException) -> None:
-        payload = json.dumps({"error": str(error), "type": type(error).__name__}).encode()
-        busy = isinstance(error, ServerBusyError)
-        self.send_response(503 if busy else 400 if isinstance(error, IndexTTS2Error) else 500)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        if busy:
-            self.send_header("Retry-After", "1")
-        self.end_headers()
-        self.wfile.write(payload)
+        payload = {"error": str(error), "type": type(error).__name__}
+        if isinstance(error, ServerBusyError):
+            self._json(503, payload, {"Retry-After": "1"})
+        else:
+            self._json(400 if isinstance(error, IndexTTS2Error) else 500, payload)
 
     def do_GET(self):  # noqa: N802 - http.server's name
         if self.path == "/health":
