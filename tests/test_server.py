@@ -243,3 +243,16 @@ def test_full_queue_refuses(tts, tmp_path):
     with pytest.raises(ServerBusyError, match="max_queue 1"):
         service.submit(service.parse(dict(text="hi.", speaker_prompt="a.wav")))
     assert service.snapshot()["refused"] == 1
+    # over HTTP: 503 with Retry-After
+    from indextts2_jax.infer.server import make_server
+
+    server = make_server(service, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, headers, data = _post(f"http://127.0.0.1:{server.server_address[1]}",
+                                      dict(text="hi.", speaker_prompt="a.wav"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 503 and headers["Retry-After"] == "1" and json.loads(data)["type"] == "ServerBusyError"
