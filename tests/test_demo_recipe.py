@@ -1,6 +1,6 @@
 """The main job (demo recipe) end to end at its smallest size: corpus, held-out list, BPE, configs, the
-four training stages (1 step each: one length bucket, one compiled step per stage), export, synthesis of a held-out sentence, its evaluation report, the
-stage-wise diagnosis (true codes through S2M, copy synthesis).
+four training stages (1 step each: one length bucket, so one compiled step per stage), export, synthesis of
+a held-out sentence, its evaluation report, the stage-wise diagnosis (true codes through S2M, copy synthesis).
 
 The stages' own behaviour (losses fall, sharded == single device, resume) is tested in
 tests/test_train_*.py on synthetic shards; this test checks that the recipe chains them into a bundle
