@@ -158,7 +158,7 @@ class Bench:
         if "speaker_cond" in stages:
             f = jax.jit(lambda p, x, n: model.apply({"params": p}, x, n, method=UnifiedVoice.speaker_conditioning))
             first, t = _median_time(lambda: f(params, feats, lens), self.repeats)
-            self.add("speaker_cond", f"(1,{t_prompt},{feat_dim}) -> (1,{cfg.cond_rows - 1},{cfg.model_dim})", t,
+            self.add("speaker_cond", f"(1,{t_prompt},{feat_dim}) -> (1,{cfg.condition_num_latent},{cfg.model_dim})", t,
                      first - t)
         if "emotion_cond" in stages:
             f = jax.jit(lambda p, x, n: model.apply({"params": p}, x, n, method=UnifiedVoice.emovec))

@@ -6,8 +6,10 @@
         | aplay -f S16_LE -r 22050 -c 1
 
 ``--model`` takes what ``experiments.synthesize`` takes (an official model directory, a converted checkpoint,
-a bundle, or ``random:tiny``). ``--warmup PROMPT`` synthesizes one sentence before listening, so the first
-client does not wait for compilation. The endpoints and the request keys: ``indextts2_jax/infer/server.py``.
+a bundle, or ``random:tiny``). ``--warmup PROMPT`` synthesizes a sentence at every batch size bucket before
+listening, so the first clients do not wait for compilation; ``--compilation_cache DIR`` keeps the compiled
+programs on disk, so a restarted server skips XLA's compiles (``GET /stats`` counts the cache hits). The
+endpoints and the request keys: ``indextts2_jax/infer/server.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt_dir", help="where uploaded prompts are kept (default: a temporary folder)")
     p.add_argument("--diffusion_steps", type=int, default=None, help="CFM steps (default 25)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--warmup", help="a speaker prompt to synthesize one sentence with before listening")
+    p.add_argument("--warmup", metavar="PROMPT",
+                   help="before listening, synthesize a sentence with this speaker prompt at every batch size "
+                        "bucket up to --batch_size (1, 2, 4, 8)")
+    p.add_argument("--compilation_cache", metavar="DIR",
+                   help="JAX's persistent compilation cache: a restarted server reads its compiled stages here")
     p.add_argument("--verbose", action="store_true", help="log every request")
     return p
 
@@ -44,14 +50,23 @@ def main(argv=None, tts=None, ready: threading.Event | None = None, servers: lis
     from indextts2_jax.infer.server import SynthesisService, make_server
 
     args = build_parser().parse_args(argv)
+    if args.compilation_cache:
+        from indextts2_jax import compile_cache
+
+        compile_cache.enable(args.compilation_cache)
     if tts is None:
         tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps)
-    if args.warmup:
-        _, _, report = tts.synthesize("Hello, this is a warm-up sentence.", args.warmup)
-        print(f"warm-up: {report['batch']['wall_s']:.1f} s", file=sys.stderr)
     service = SynthesisService(tts, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
                                prompt_dir=args.prompt_dir, prompt_root=args.prompt_root,
                                max_queue=args.max_queue)
+    if args.warmup:
+        try:
+            rows = service.warm_up(args.warmup)
+        except BaseException:
+            service.close()
+            raise
+        print("warm-up: " + ", ".join(f"batch {r['batch']} {r['seconds']:.1f} s ({r['new_compiles']} compiles)"
+                                      for r in rows), file=sys.stderr)
     server = make_server(service, args.host, args.port, verbose=args.verbose)
     host, port = server.server_address[:2]
     print(f"serving {tts.assets.source} on http://{host}:{port} (batch {service.batch_size}, "

@@ -24,6 +24,9 @@ Several hosts: start the same command on every host with
 ``JAX_PROCESS_ID``; ``--distributed`` alone lets ``jax.distributed.initialize()`` detect a
 SLURM/TPU/MPI cluster). Each host reads its own rows of every global batch; checkpoints are
 written by all hosts together (Orbax). CPU hosts use gloo collectives.
+
+``--compilation_cache DIR``: JAX's persistent compilation cache (``indextts2_jax/compile_cache.py``); a run that
+resumes, or a new run of the same config and shapes, reads its compiled steps there.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS
                                    "This process's index (multi-host); default $JAX_PROCESS_ID.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with cluster auto-detection.")
+_COMPILATION_CACHE = flags.DEFINE_string("compilation_cache", "",
+                                         "JAX's persistent compilation cache folder: a resumed or repeated run "
+                                         "reads its compiled steps there instead of compiling them again.")
 
 log = logging.getLogger("indextts2_jax.train")
 
@@ -110,6 +116,11 @@ def main(argv: list[str]) -> int:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     import jax
 
+    if _COMPILATION_CACHE.value:
+        from indextts2_jax import compile_cache
+
+        log.info("persistent compilation cache: %s", compile_cache.enable(_COMPILATION_CACHE.value))
+
     from indextts2_jax.train.tasks import get_task
     from indextts2_jax.train.trainer import train
 
@@ -131,6 +142,10 @@ def main(argv: list[str]) -> int:
 
         path = export_codec_params(workdir)
         print(f"codec params exported to {path} (set the GPT stage's config.codec_checkpoint to it)")
+    if _COMPILATION_CACHE.value:
+        from indextts2_jax import compile_cache
+
+        log.info("persistent compilation cache: %s", compile_cache.stats())
     if jax.process_index() == 0:
         print(json.dumps({"step": summary["step"], "num_params": summary["num_params"],
                           "metrics": summary["metrics"]}, default=float))

@@ -3,6 +3,7 @@ few GPT-stage steps through the real launcher and checkpoint together; a one-pro
 then restores that checkpoint (state and data position) and continues."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -72,11 +73,15 @@ def test_two_processes_train_and_one_process_resumes(setup):
     first = {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
     assert sorted(first) == [1, 2, 3, 4]  # written by process 0 only
 
-    # one process, one device: restores the two-process checkpoint (resharded) and continues to step 7
-    one = _launch(setup, workdir, 7, "-1,1,1", 1)
+    # one process, one device: restores the two-process checkpoint (resharded) and continues to step 7 (and
+    # keeps its compiled programs in a persistent compilation cache)
+    cache = setup["root"] / "xla_cache"
+    one = _launch(setup, workdir, 7, "-1,1,1", 1, "--compilation_cache", str(cache))
     out = one.communicate(timeout=600)[0]
     assert one.returncode == 0, out[-4000:]
     assert "resumed from" in out and "at step 4" in out
+    requests = re.search(r"persistent compilation cache: \{.*'requests': (\d+)", out)
+    assert requests and int(requests.group(1)) > 0 and any(cache.iterdir()), out[-2000:]
     rows = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
     after = {r["step"]: r["loss"] for r in rows if r["split"] == "train" and r["step"] > 4}
     assert sorted(after) == [5, 6, 7] and all(np.isfinite(v) for v in after.values())

@@ -256,3 +256,41 @@ def test_full_queue_refuses(tts, tmp_path):
         server.shutdown()
         server.server_close()
     assert status == 503 and headers["Retry-After"] == "1" and json.loads(data)["type"] == "ServerBusyError"
+
+
+def test_warm_up_compiles_every_batch_bucket(tts, prompt, tmp_path):
+    """After warm_up, a batch of the same sentence at any size up to batch_size compiles nothing; a bad warm-up
+    prompt raises its error and the service keeps serving."""
+    service = SynthesisService(tts, batch_size=4, max_wait_ms=400, prompt_dir=tmp_path)
+    try:
+        rows = service.warm_up(prompt, text=TEXT, sampling=GREEDY)
+        assert [r["batch"] for r in rows] == [1, 2, 4]
+        results = [None] * 3
+
+        def client(i):
+            results[i] = service.synthesize(dict(text=TEXT, speaker_prompt=prompt, sampling=GREEDY))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for wave, _, report, batch_jobs in results:
+            assert batch_jobs == 3 and report["batch"]["new_compiles"] == 0 and np.isfinite(wave).all()
+        with pytest.raises(errors.AudioFileNotFoundError):
+            service.warm_up(tmp_path / "missing.wav", text=TEXT, sampling=GREEDY)
+        wave, _, _, _ = service.synthesize(dict(text="hello world.", speaker_prompt=prompt, sampling=GREEDY))
+        assert wave.size > 0
+    finally:
+        service.close()
+
+
+def test_serve_cli_warmup_error_ends_the_launcher(tts, tmp_path):
+    """``--warmup`` with an unreadable prompt stops the launcher with that error before it listens."""
+    from experiments import serve
+
+    ready = threading.Event()
+    with pytest.raises(errors.AudioFileNotFoundError):
+        serve.main(["--model", "unused", "--port", "0", "--prompt_dir", str(tmp_path), "--warmup",
+                    str(tmp_path / "missing.wav")], tts=tts, ready=ready)
+    assert not ready.is_set()

@@ -25,7 +25,12 @@ with ``{"error", "type"}`` and costs no other request anything; more than ``max_
 answer 503 with ``Retry-After``; anything else 500.
 
 ``GET /health``: ``{"status": "ok", "model", "sample_rate"}``. ``GET /stats``: requests, batches, errors,
-streams, batches split (re-run one by one after bad input), the mean batch size and the last batch's report.
+streams, batches split (re-run one by one after bad input), the mean batch size, the last batch's report and,
+when one is in use, the persistent compilation cache's counters.
+
+Warm-up (:meth:`SynthesisService.warm_up`, ``experiments.serve --warmup PROMPT``): before listening, one sentence
+at every device batch bucket up to ``batch_size`` (1, 2, 4, 8), so the first burst of concurrent clients does not
+wait for the batched programs to compile.
 
 Batching: a worker thread owns the model (every JAX call happens there). It takes the oldest request, then
 waits up to ``max_wait_ms`` for more requests with the same sampling options, up to ``batch_size`` of them,
@@ -57,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from indextts2_jax import compile_cache
 from indextts2_jax.errors import ConfigError, IndexTTS2Error
 
 REQUEST_KEYS = ("speaker_prompt_wav", "emotion_prompt_wav", "sampling", "stream")
@@ -88,6 +94,23 @@ class _Request:
         return json.dumps(self.sampling, sort_keys=True)
 
 
+WARMUP_TEXT = "Hello, this is a warm-up sentence."
+
+
+class _Task:
+    """Work for the worker thread (which owns the model) that is not a request: ``fn()``, then ``done``."""
+
+    def __init__(self, fn):
+        self.fn, self.error, self.done = fn, None, threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+            self.error = e
+        self.done.set()
+
+
 class SynthesisService:
     """Queues synthesis requests and runs them on one :class:`IndexTTS2` from one worker thread.
 
@@ -112,7 +135,7 @@ class SynthesisService:
         self.prompt_root = Path(prompt_root).resolve() if prompt_root else None
         self.max_queue = int(max_queue)
         self.job_keys = frozenset(JOB_KEYS) - {"out", "id"}
-        self.queue: queue.Queue[_Request | None] = queue.Queue()
+        self.queue: queue.Queue[_Request | _Task | None] = queue.Queue()
         self.stats = {"requests": 0, "batches": 0, "batched_requests": 0, "errors": 0, "streams": 0,
                       "batches_split": 0, "refused": 0}
         self.last_report: dict = {}
@@ -206,6 +229,34 @@ class SynthesisService:
                 raise item
             yield item
 
+    def warm_up(self, speaker_prompt, text: str = WARMUP_TEXT, sampling: dict | None = None) -> list[dict]:
+        """Compile the programs that requests like ``text`` will meet at every device batch size: one
+        :meth:`IndexTTS2.synthesize_batch` of 1, 2, 4, ... copies of the job (each batch bucket up to
+        ``batch_size``), run on the worker thread. Returns one row per batch: ``{"batch", "seconds",
+        "new_compiles"}``. Other text lengths still meet their own code and mel-frame buckets on first use
+        (a persistent compilation cache, ``--compilation_cache``, keeps those across restarts). Raises the
+        warm-up's own error (e.g. an unreadable prompt)."""
+        from indextts2_jax.infer.pipeline import batch_bucket
+
+        sizes = sorted({min(1 << i, self.batch_size) for i in range(batch_bucket(self.batch_size).bit_length())})
+        job = {"text": text, "speaker_prompt": str(speaker_prompt)}
+        rows: list[dict] = []
+
+        def run() -> None:
+            for b in sizes:
+                t = time.perf_counter()
+                report = self.tts.synthesize_batch([dict(job) for _ in range(b)], batch_size=self.batch_size,
+                                                   **(sampling or {}))[-1][2]["batch"]
+                rows.append({"batch": b, "seconds": round(time.perf_counter() - t, 3),
+                             "new_compiles": report.get("new_compiles")})
+
+        task = _Task(run)
+        self.queue.put(task)
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        return rows
+
     def close(self) -> None:
         self.queue.put(None)
         self._worker.join(timeout=60)
@@ -217,6 +268,9 @@ class SynthesisService:
             first = pending.pop(0) if pending else self.queue.get()
             if first is None:
                 return
+            if isinstance(first, _Task):
+                first.run()
+                continue
             if first.stream:
                 self._run_stream(first)
                 continue
@@ -224,7 +278,8 @@ class SynthesisService:
             deadline = time.monotonic() + self.max_wait
             # batch mates: pending requests first, then new arrivals until the deadline or a full batch
             for req in list(pending):
-                if len(batch) < self.batch_size and not req.stream and req.sampling_key == key:
+                if (len(batch) < self.batch_size and isinstance(req, _Request) and not req.stream
+                        and req.sampling_key == key):
                     batch.append(req)
                     pending.remove(req)
             while len(batch) < self.batch_size:
@@ -238,7 +293,7 @@ class SynthesisService:
                 if req is None:
                     self.queue.put(None)  # stop after this batch
                     break
-                if not req.stream and req.sampling_key == key:
+                if isinstance(req, _Request) and not req.stream and req.sampling_key == key:
                     batch.append(req)
                 else:
                     pending.append(req)
@@ -300,6 +355,9 @@ class SynthesisService:
             s = dict(self.stats)
             s["mean_batch"] = round(s["batched_requests"] / s["batches"], 3) if s["batches"] else None
             s["last"] = dict(self.last_report)
+        cache = compile_cache.stats()
+        if cache["dir"]:
+            s["compilation_cache"] = cache
         return s
 
 
