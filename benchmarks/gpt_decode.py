@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import peak_memory_bytes
-from indextts2_jax.infer.generate import DecodeConfig, _generate_jit, _split
+from indextts2_jax.infer.generate import FIRST_STAGE_CODES, DecodeConfig, _generate_jit, _split
 from indextts2_jax.models.gpt import ConditionModuleConfig, UnifiedVoice, UnifiedVoiceConfig, abstract_params
 
 
@@ -95,13 +95,13 @@ def run(args) -> list[dict]:
     if dtype != jnp.float32:  # serve from bf16 weights: a decode step then reads half the bytes
         params = jax.tree.map(lambda x: x.astype(dtype), params)
     n = args.new_tokens
-    decode = DecodeConfig(max_new_tokens=code_budget(args), num_beams=args.beams, do_sample=args.sample,
-                          repetition_penalty=args.repetition_penalty)
-    first = DecodeConfig(max_new_tokens=1, num_beams=args.beams, do_sample=args.sample,
-                         repetition_penalty=args.repetition_penalty)
     rows = []
     rng = np.random.default_rng(0)
-    for batch in args.batch:
+    for batch, stage_codes in ((b, c) for b in args.batch for c in args.cache_stage_codes):
+        decode = DecodeConfig(max_new_tokens=code_budget(args), num_beams=args.beams, do_sample=args.sample,
+                              repetition_penalty=args.repetition_penalty, cache_stage_codes=stage_codes)
+        first = DecodeConfig(max_new_tokens=1, num_beams=args.beams, do_sample=args.sample,
+                             repetition_penalty=args.repetition_penalty)
         conds = jnp.asarray(rng.normal(0, 1, (batch, cfg.cond_rows, cfg.model_dim)), dtype)
         text = jnp.asarray(rng.integers(2, cfg.number_text_tokens, (batch, args.text_len)), jnp.int32)
         lengths = jnp.full((batch,), args.text_len, jnp.int32)
@@ -118,7 +118,8 @@ def run(args) -> list[dict]:
         mode = f"beam{args.beams}" if args.beams > 1 else "greedy"
         mode += "+sample" if args.sample else ""
         rows.append({
-            "batch": batch, "mode": mode, "compile s": f"{compile_s:.2f}", "ttft s": f"{statistics.median(ttft):.4f}",
+            "batch": batch, "mode": mode, "stage codes": stage_codes, "compile s": f"{compile_s:.2f}",
+            "ttft s": f"{statistics.median(ttft):.4f}",
             "decode s": f"{decode_s:.3f}", "tok/s/seq": f"{n / decode_s:.1f}", "tok/s": f"{batch * n / decode_s:.1f}",
             "peak mem": peak_memory(),
         })
@@ -145,6 +146,8 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=int, default=0,
                         help="max_new_tokens, which sizes the KV cache (0: --new-tokens + 1, a tight cache; the "
                              "pipeline's default is 1500)")
+    parser.add_argument("--cache_stage_codes", type=int, nargs="+", default=[FIRST_STAGE_CODES],
+                        help="DecodeConfig.cache_stage_codes values to time (0: one KV cache for the budget)")
     parser.add_argument("--sample", action="store_true", help="sample (top-k 30, top-p 0.8, T 0.8) instead of argmax")
     parser.add_argument("--repetition-penalty", type=float, default=10.0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")

@@ -17,10 +17,13 @@ import pytest
 
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.infer.generate import (
+    FIRST_STAGE_CODES,
+    REORDER_BLOCK,
     DecodeConfig,
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
+    cache_stages,
     generate,
     trim_codes,
 )
@@ -218,13 +221,15 @@ def test_processors_match_hf_semantics():
             np.testing.assert_array_equal(np.isfinite(kept), want)
 
 
-def test_greedy_kv_cache_matches_cache_free_reference(setup):
+@pytest.mark.parametrize("stage_codes", [FIRST_STAGE_CODES, 3], ids=["one_cache_stage", "cache_stages_3_6_12"])
+def test_greedy_kv_cache_matches_cache_free_reference(setup, stage_codes):
     model, params, conds, text = setup
     ref_logits = make_reference_logits(model, conds, text)
     n = N_NEW
     for bias, penalty in [(-50.0, 1.0), (2.5, 1.0), (1.0, 3.0)]:
         p = with_stop_bias(params, bias)
-        out = generate(model, p, conds, text, decode=DecodeConfig.greedy(n, repetition_penalty=penalty))
+        decode = DecodeConfig.greedy(n, repetition_penalty=penalty, cache_stage_codes=stage_codes)
+        out = generate(model, p, conds, text, decode=decode)
         expected = reference_greedy(ref_logits, p, 2, n, penalty)
         got = np.asarray(out.codes)
         for b in range(2):
@@ -234,7 +239,8 @@ def test_greedy_kv_cache_matches_cache_free_reference(setup):
             assert (np.asarray(out.lengths) == n).all()
 
 
-def test_beam_search_matches_reference(setup):
+@pytest.mark.parametrize("stage_codes", [FIRST_STAGE_CODES, 3], ids=["one_cache_stage", "cache_stages_3_6_12"])
+def test_beam_search_matches_reference(setup, stage_codes):
     model, params, conds, text = setup
     ref_logits = make_reference_logits(model, conds, text)
     n, beams = N_NEW, 3
@@ -242,7 +248,7 @@ def test_beam_search_matches_reference(setup):
     for bias, penalty, length_penalty in [(1.5, 10.0, 0.0), (2.5, 2.0, 1.0), (-50.0, 10.0, 0.0), (3.5, 1.0, 0.0)]:
         p = with_stop_bias(params, bias)
         decode = DecodeConfig(max_new_tokens=n, do_sample=False, num_beams=beams, repetition_penalty=penalty,
-                              length_penalty=length_penalty)
+                              length_penalty=length_penalty, cache_stage_codes=stage_codes)
         out = generate(model, p, conds, text, decode=decode)
         expected = reference_beam(ref_logits, p, 2, beams, n, penalty, length_penalty)
         for b, (seq, score) in enumerate(expected):
@@ -253,10 +259,38 @@ def test_beam_search_matches_reference(setup):
     assert ended_early >= 2  # the stop-token bookkeeping was exercised
 
 
+def test_cache_stages_grow_to_the_budget():
+    """The decode loop's KV-cache lengths: from the prefix plus the first stage's codes, doubling, to the whole
+    budget; beam stages are whole reorder blocks; 0 asks for one cache."""
+    assert cache_stages(67, 1500, 1) == [196, 324, 580, 1092, 1567]  # the official prefix, infer_v2's budget
+    assert cache_stages(67, 1500, 3) == [256, 384, 640, 1152, 1600]
+    assert cache_stages(67, 1500, 3, first_codes=0) == [1600] and cache_stages(67, 100, 1) == [167]
+    for prefix, n, beams, first in [(67, 1500, 1, 128), (40, 12, 3, 3), (5, 1, 1, 128), (300, 700, 3, 64)]:
+        stages = cache_stages(prefix, n, beams, first)
+        assert stages == sorted(set(stages)) and stages[0] >= prefix + 1 and stages[-1] >= prefix + n
+        assert stages[-1] < prefix + n + (REORDER_BLOCK if beams > 1 else 1)
+        assert all(b < 2 * a for a, b in zip(stages, stages[1:]))  # a step reads < 2x the slots it needs
+        if beams > 1 and first >= REORDER_BLOCK:
+            assert all(x % REORDER_BLOCK == 0 for x in stages)
+
+
+def test_beam_sampling_with_cache_stages_equals_one_cache(setup):
+    """infer_v2's default decoding (beam 3 with sampling) gives the same codes whether the cache grows in stages
+    (here 3, 6, 12 codes: every stage boundary crossed) or is one buffer."""
+    model, params, conds, text = setup
+    p = with_stop_bias(params, -50.0)  # no early stop: every stage is used
+    official = DecodeConfig(max_new_tokens=N_NEW)
+    one = generate(model, p, conds, text, decode=official, rng=jax.random.PRNGKey(5))
+    staged = generate(model, p, conds, text, decode=replace(official, cache_stage_codes=3), rng=jax.random.PRNGKey(5))
+    assert (np.asarray(one.lengths) == N_NEW).all()
+    np.testing.assert_array_equal(staged.codes, one.codes)
+    np.testing.assert_allclose(staged.sequence_scores, one.sequence_scores, rtol=1e-5)
+
+
 def test_beam_cache_reorder_covers_the_written_slots():
     """The beam step's KV reorder, block by block over the written slots only, equals a full row gather
     wherever the beams can differ and leaves the unwritten blocks alone."""
-    from indextts2_jax.infer.generate import REORDER_BLOCK, _reorder_caches
+    from indextts2_jax.infer.generate import _reorder_caches
 
     blk, groups, k = REORDER_BLOCK, 2, 3
     t, shared, filled = 5 * blk, blk + 7, 3 * blk + 5  # shared prefix inside block 1, filled inside block 3

@@ -1,7 +1,8 @@
 """Semantic-code decoding for UnifiedVoice as one jitted function (reference §5.6).
 
-``generate`` runs the prefill of ``[pad][conds][start_text, text, stop_text][start_mel]`` and then a
-``lax.while_loop`` over a preallocated KV cache, entirely on device. It reproduces the official
+``generate`` runs the prefill of ``[pad][conds][start_text, text, stop_text][start_mel]`` and then
+``lax.while_loop`` decode steps over a preallocated KV cache that grows in a few stages as the sequence does
+(:func:`cache_stages`), entirely on device. It reproduces the official
 ``inference_speech`` -> HF ``generate`` semantics:
 
 * positions: ``start_mel`` at mel position 0; the k-th generated code (k >= 1) is fed at mel position
@@ -36,6 +37,7 @@ features (1, T, 1024) with lengths ``[T]``: infer_v2 passes 1024 as every length
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,8 +52,47 @@ from indextts2_jax.nn.gpt2 import init_kv_cache
 
 NEG_INF = -jnp.inf
 # Beam search reorders the KV cache in blocks of this many slots, only as far as the sequence has come
-# (its cache length is rounded up to a multiple of it).
+# (its cache lengths are rounded up to a multiple of it).
 REORDER_BLOCK = 64
+# The KV cache grows in stages (see :func:`cache_stages`): the first holds the prefix and this many codes, each
+# next one twice as many, the last the whole budget.
+FIRST_STAGE_CODES = 128
+
+
+def cache_stages(prefix_len: int, max_new_tokens: int, num_beams: int = 1,
+                 first_codes: int = FIRST_STAGE_CODES) -> list[int]:
+    """The KV-cache lengths the decode loop grows through, shortest first; the last holds the whole budget.
+
+    A decode step's attention reads every slot of its cache, written or not (the mask hides the empty ones), so
+    one cache sized for ``max_new_tokens`` (infer_v2's 1500) makes every step read ~1500 slots even when 100
+    codes are spoken: with beam 3 at official sizes that is 1.2 GB per step beside 1.9 GB of weights. Instead
+    the loop runs on a cache of ``prefix_len + 1 + first_codes`` slots, then, when the sequence reaches its end (and
+    only then), copies the cache once into one twice as long, and so on: a step reads at most ~2x the slots it
+    needs. Each stage is its own ``while_loop`` in the one program (a few copies of the step body to compile).
+    Slots needed: the prefix, the start code and ``max_new_tokens - 1`` fed codes. Beam search rounds every
+    length up to :data:`REORDER_BLOCK` (unless ``first_codes`` is smaller: then a reorder gathers whole
+    stages). ``first_codes`` 0: one stage.
+    """
+    align = REORDER_BLOCK if num_beams > 1 and (first_codes >= REORDER_BLOCK or first_codes == 0) else 1
+    full = prefix_len + max_new_tokens
+    full = -(-full // align) * align
+    if first_codes <= 0:
+        return [full]
+    stages, codes = [], first_codes
+    while True:
+        length = -(-(prefix_len + 1 + codes) // align) * align
+        if length >= full:
+            break
+        stages.append(length)
+        codes *= 2
+    return stages + [full]
+
+
+def _grow(state: dict, length: int) -> dict:
+    """The state with its caches (B, H, T, hd) and ``key_valid`` (B, T) padded to ``length`` slots."""
+    pad = length - state["key_valid"].shape[1]
+    caches = jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, pad), (0, 0))), state["caches"])
+    return dict(state, caches=caches, key_valid=jnp.pad(state["key_valid"], ((0, 0), (0, pad))))
 
 
 @dataclass(frozen=True)
@@ -67,6 +108,9 @@ class DecodeConfig:
     repetition_penalty: float = 10.0
     length_penalty: float = 0.0
     return_logits: bool = False  # keep the raw logits (and processed scores) of every step (num_beams == 1)
+    # codes the first KV-cache stage holds, each next stage twice as many (:func:`cache_stages`); 0: one cache
+    # for the whole budget. Changes no result, only what a step reads.
+    cache_stage_codes: int = FIRST_STAGE_CODES
 
     @classmethod
     def greedy(cls, max_new_tokens: int = 1500, repetition_penalty: float = 1.0, **kw) -> "DecodeConfig":
@@ -84,6 +128,8 @@ class DecodeConfig:
             raise ConfigError("top_p must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise ConfigError("repetition_penalty must be > 0")
+        if self.cache_stage_codes < 0:
+            raise ConfigError("cache_stage_codes must be >= 0 (0: one KV cache for the whole budget)")
 
 
 class GenerateOutput(NamedTuple):
@@ -152,11 +198,12 @@ class _Static(NamedTuple):
     top_k: int
     use_top_p: bool
     return_logits: bool
+    cache_stage_codes: int
 
 
 def _split(decode: DecodeConfig) -> tuple[_Static, dict]:
     static = _Static(decode.max_new_tokens, decode.do_sample, decode.num_beams, decode.top_k,
-                     decode.do_sample and decode.top_p < 1.0, decode.return_logits)
+                     decode.do_sample and decode.top_p < 1.0, decode.return_logits, decode.cache_stage_codes)
     knobs = {name: jnp.float32(getattr(decode, name))
              for name in ("temperature", "top_p", "repetition_penalty", "length_penalty")}
     return static, knobs
@@ -181,7 +228,8 @@ def process_scores(scores, seen, step, target_tokens, static: _Static, knobs: di
 # model plumbing
 # ---------------------------------------------------------------------------------------------
 class _Runner:
-    """Prefill and one-token decode steps of a UnifiedVoice over a KV cache of ``cache_len`` slots."""
+    """Prefill and one-token decode steps of a UnifiedVoice over a KV cache; the prefill makes it with
+    ``cache_len`` slots, a step works on the cache it is given (its length is the cache stage's)."""
 
     def __init__(self, model: UnifiedVoice, params, prefix_len: int, cache_len: int):
         self.model, self.params = model, params
@@ -213,7 +261,7 @@ class _Runner:
         slot = self.prefix_len + 1 + index
         emb = self.call(UnifiedVoice.embed_mel, tokens[:, None].astype(jnp.int32),
                         jnp.full((b, 1), index + 2, jnp.int32))
-        key_valid = key_valid | (jnp.arange(self.cache_len)[None, :] == slot)
+        key_valid = key_valid | (jnp.arange(key_valid.shape[1])[None, :] == slot)
         hidden, caches = self.call(UnifiedVoice.transformer, emb, key_valid[:, None, None, :], caches, slot)
         logits = self.call(UnifiedVoice.mel_logits, hidden)[:, 0]
         return logits, caches, key_valid
@@ -233,7 +281,8 @@ def _lengths(codes: jax.Array, stop: int) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # greedy / sampling
 # ---------------------------------------------------------------------------------------------
-def _decode_single(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens):
+def _decode_single(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens,
+                   stages: list[int]):
     cfg = runner.model.config
     stop, n = cfg.stop_mel_token, decode.max_new_tokens
     b, v = logits0.shape
@@ -274,16 +323,13 @@ def _decode_single(runner: _Runner, decode: _Static, knobs, logits0, caches, key
         state["scores"] = jnp.zeros((n, b, v), jnp.float32)
     state = record(state, logits0, jnp.int32(0))
 
-    def cond(state):
-        return (state["step"] < n) & ~jnp.all(state["finished"])
-
     def body(state):
         step = state["step"]
         logits, caches, key_valid = runner.step(state["caches"], state["key_valid"], state["last"], step - 1)
         state = dict(state, caches=caches, key_valid=key_valid)
         return record(state, logits, step)
 
-    state = lax.while_loop(cond, body, state)
+    state = _staged_loop(runner, stages, n, lambda st: ~jnp.all(st["finished"]), body, state)
     return GenerateOutput(
         codes=state["codes"], lengths=_lengths(state["codes"], stop), steps=state["step"],
         logits=state.get("logits"), scores=state.get("scores"),
@@ -293,6 +339,26 @@ def _decode_single(runner: _Runner, decode: _Static, knobs, logits0, caches, key
 # ---------------------------------------------------------------------------------------------
 # beam search (HF BeamSearchScorer semantics)
 # ---------------------------------------------------------------------------------------------
+def _staged_loop(runner: _Runner, stages: list[int], n: int, running, body, state: dict) -> dict:
+    """``while step < n and running(state): state = body(state)``, over the cache stages: the loop of a stage of
+    T slots runs while the next code's slot (``prefix_len + step``) fits; then, only if decoding goes on
+    (``lax.cond``), the cache grows to the next stage. Returns the final state without the caches."""
+
+    def drop_caches(st: dict) -> dict:
+        return {k: v for k, v in st.items() if k not in ("caches", "key_valid")}
+
+    def from_stage(i: int, st: dict) -> dict:
+        if i:
+            st = _grow(st, stages[i])
+        limit = min(n, stages[i] - runner.prefix_len)
+        st = lax.while_loop(lambda x: (x["step"] < limit) & running(x), body, st)
+        if i == len(stages) - 1 or limit >= n:
+            return drop_caches(st)
+        return lax.cond((st["step"] < n) & running(st), functools.partial(from_stage, i + 1), drop_caches, st)
+
+    return from_stage(0, state)
+
+
 def _hyp_add(h: dict, accept_if: jax.Array, seq: jax.Array, ntok: jax.Array, sum_logprobs: jax.Array,
              gen_len: jax.Array, length_penalty: float, num_beams: int) -> dict:
     """BeamHypotheses.add for every batch row where ``accept_if``: keep the best ``num_beams`` by score.
@@ -346,7 +412,8 @@ def _reorder_caches(caches, rows: jax.Array, shared: int, filled: jax.Array):
     return lax.fori_loop(shared // blk, (filled + blk - 1) // blk, body, caches)
 
 
-def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens):
+def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens,
+                 stages: list[int]):
     cfg = runner.model.config
     stop, n, k_beams = cfg.stop_mel_token, decode.max_new_tokens, decode.num_beams
     b, v = logits0.shape
@@ -439,15 +506,12 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
     }
     state = process(state, logits0, jnp.int32(0))
 
-    def cond(state):
-        return (state["step"] < n) & ~jnp.all(state["done"])
-
     def body(state):
         step = state["step"]
         logits, caches, kv = runner.step(state["caches"], state["key_valid"], state["last"], step - 1)
         return process(dict(state, caches=caches, key_valid=kv), logits, step)
 
-    state = lax.while_loop(cond, body, state)
+    state = _staged_loop(runner, stages, n, lambda st: ~jnp.all(st["done"]), body, state)
 
     # finalize: rows not done add their running beams (in beam order) as hypotheses
     hyps = state["hyps"]
@@ -476,14 +540,12 @@ def _generate(model: UnifiedVoice, decode: _Static, knobs, params, conds, text_i
     prefix, prefix_mask = model.apply({"params": params}, conds, text_ids, text_lengths,
                                       method=UnifiedVoice.generation_prefix)
     s = prefix.shape[1]
-    length = s + decode.max_new_tokens
-    if decode.num_beams > 1:  # the beam step reorders the cache in whole blocks
-        length = -(-length // REORDER_BLOCK) * REORDER_BLOCK
-    runner = _Runner(model, params, s, length)
+    stages = cache_stages(s, decode.max_new_tokens, decode.num_beams, decode.cache_stage_codes)
+    runner = _Runner(model, params, s, stages[0])
     logits0, caches, key_valid = runner.prefill(prefix, prefix_mask)
     if decode.num_beams == 1:
-        return _decode_single(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens)
-    return _decode_beam(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens)
+        return _decode_single(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens, stages)
+    return _decode_beam(runner, decode, knobs, logits0, caches, key_valid, rng, target_tokens, stages)
 
 
 _generate_jit = jax.jit(_generate, static_argnums=(0, 1))
