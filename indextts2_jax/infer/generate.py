@@ -37,7 +37,6 @@ features (1, T, 1024) with lengths ``[T]``: infer_v2 passes 1024 as every length
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -341,22 +340,17 @@ def _decode_single(runner: _Runner, decode: _Static, knobs, logits0, caches, key
 # ---------------------------------------------------------------------------------------------
 def _staged_loop(runner: _Runner, stages: list[int], n: int, running, body, state: dict) -> dict:
     """``while step < n and running(state): state = body(state)``, over the cache stages: the loop of a stage of
-    T slots runs while the next code's slot (``prefix_len + step``) fits; then, only if decoding goes on
-    (``lax.cond``), the cache grows to the next stage. Returns the final state without the caches."""
+    T slots runs while the next code's slot (``prefix_len + step``) fits, then the cache grows to the next.
 
-    def drop_caches(st: dict) -> dict:
-        return {k: v for k, v in st.items() if k not in ("caches", "key_valid")}
-
-    def from_stage(i: int, st: dict) -> dict:
+    The growth copies run even when decoding has stopped early (a few hundred MB at official sizes, once per
+    generation): putting the later stages under a ``lax.cond`` skipped them but made XLA:CPU copy the
+    loop-carried caches inside those stages (beam 3, 500 codes: 49.9 -> 56.9 s; benchmarks/NOTES.md)."""
+    for i, length in enumerate(stages):
         if i:
-            st = _grow(st, stages[i])
-        limit = min(n, stages[i] - runner.prefix_len)
-        st = lax.while_loop(lambda x: (x["step"] < limit) & running(x), body, st)
-        if i == len(stages) - 1 or limit >= n:
-            return drop_caches(st)
-        return lax.cond((st["step"] < n) & running(st), functools.partial(from_stage, i + 1), drop_caches, st)
-
-    return from_stage(0, state)
+            state = _grow(state, length)
+        limit = min(n, length - runner.prefix_len)
+        state = lax.while_loop(lambda st, limit=limit: (st["step"] < limit) & running(st), body, state)
+    return state
 
 
 def _hyp_add(h: dict, accept_if: jax.Array, seq: jax.Array, ntok: jax.Array, sum_logprobs: jax.Array,

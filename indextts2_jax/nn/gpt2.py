@@ -11,7 +11,8 @@ row with every key masked (a left-padding row) softmaxes to a uniform row instea
 
 KV cache: a list (one entry per layer) of ``{"k": (B, H, T_max, hd), "v": (B, H, T_max, hd)}``; a
 call with ``cache_index`` writes its S new keys/values at ``[cache_index, cache_index + S)``. A one-token
-call (decode) attends over the whole buffer (the mask hides unwritten slots); a multi-token call is a
+call (decode) attends over the whole buffer it is given (the mask hides unwritten slots; the decoder grows
+the buffer in stages, ``infer/generate.py``); a multi-token call is a
 prefill at ``cache_index`` 0 and attends over its own S keys only (``mask[..., :S]``).
 """
 
