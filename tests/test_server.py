@@ -283,6 +283,8 @@ def test_warm_up_compiles_every_batch_bucket(tts, prompt, tmp_path):
         assert wave.size > 0
     finally:
         service.close()
+    with pytest.raises(RuntimeError, match="closed"):  # not a wait forever
+        service.warm_up(prompt, text=TEXT, sampling=GREEDY)
 
 
 def test_serve_cli_warmup_error_ends_the_launcher(tts, tmp_path):

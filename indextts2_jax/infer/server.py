@@ -250,6 +250,8 @@ class SynthesisService:
                 rows.append({"batch": b, "seconds": round(time.perf_counter() - t, 3),
                              "new_compiles": report.get("new_compiles")})
 
+        if not self._worker.is_alive():
+            raise RuntimeError("the service is closed: warm_up needs its worker thread")
         task = _Task(run)
         self.queue.put(task)
         task.done.wait()
