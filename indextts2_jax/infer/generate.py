@@ -65,9 +65,10 @@ def cache_stages(prefix_len: int, max_new_tokens: int, num_beams: int = 1,
     A decode step's attention reads every slot of its cache, written or not (the mask hides the empty ones), so
     one cache sized for ``max_new_tokens`` (infer_v2's 1500) makes every step read ~1500 slots even when 100
     codes are spoken: with beam 3 at official sizes that is 1.2 GB per step beside 1.9 GB of weights. Instead
-    the loop runs on a cache of ``prefix_len + 1 + first_codes`` slots, then, when the sequence reaches its end (and
-    only then), copies the cache once into one twice as long, and so on: a step reads at most ~2x the slots it
-    needs. Each stage is its own ``while_loop`` in the one program (a few copies of the step body to compile).
+    the loop runs on a cache of ``prefix_len + 1 + first_codes`` slots, then copies the cache once into one
+    twice as long, and so on (:func:`_staged_loop`): a step reads at most ~2x the slots it needs. Each stage
+    is its own ``while_loop`` in the one program (a few copies of the step body to compile).
+
     Slots needed: the prefix, the start code and ``max_new_tokens - 1`` fed codes. Beam search rounds every
     length up to :data:`REORDER_BLOCK` (unless ``first_codes`` is smaller: then a reorder gathers whole
     stages). ``first_codes`` 0: one stage.
@@ -277,6 +278,21 @@ def _lengths(codes: jax.Array, stop: int) -> jax.Array:
     return jnp.where(is_stop.any(axis=1), jnp.argmax(is_stop, axis=1), codes.shape[1]).astype(jnp.int32)
 
 
+def _staged_loop(runner: _Runner, stages: list[int], n: int, running, body, state: dict) -> dict:
+    """``while step < n and running(state): state = body(state)``, over the cache stages: the loop of a stage of
+    T slots runs while the next code's slot (``prefix_len + step``) fits, then the cache grows to the next.
+
+    The growth copies run even when decoding has stopped early (a few hundred MB at official sizes, once per
+    generation): putting the later stages under a ``lax.cond`` skipped them but made XLA:CPU copy the
+    loop-carried caches inside those stages (beam 3, 500 codes: 54.3 -> 56.9 s; benchmarks/NOTES.md)."""
+    for i, length in enumerate(stages):
+        if i:
+            state = _grow(state, length)
+        limit = min(n, length - runner.prefix_len)
+        state = lax.while_loop(lambda st, limit=limit: (st["step"] < limit) & running(st), body, state)
+    return state
+
+
 # ---------------------------------------------------------------------------------------------
 # greedy / sampling
 # ---------------------------------------------------------------------------------------------
@@ -338,21 +354,6 @@ def _decode_single(runner: _Runner, decode: _Static, knobs, logits0, caches, key
 # ---------------------------------------------------------------------------------------------
 # beam search (HF BeamSearchScorer semantics)
 # ---------------------------------------------------------------------------------------------
-def _staged_loop(runner: _Runner, stages: list[int], n: int, running, body, state: dict) -> dict:
-    """``while step < n and running(state): state = body(state)``, over the cache stages: the loop of a stage of
-    T slots runs while the next code's slot (``prefix_len + step``) fits, then the cache grows to the next.
-
-    The growth copies run even when decoding has stopped early (a few hundred MB at official sizes, once per
-    generation): putting the later stages under a ``lax.cond`` skipped them but made XLA:CPU copy the
-    loop-carried caches inside those stages (beam 3, 500 codes: 49.9 -> 56.9 s; benchmarks/NOTES.md)."""
-    for i, length in enumerate(stages):
-        if i:
-            state = _grow(state, length)
-        limit = min(n, length - runner.prefix_len)
-        state = lax.while_loop(lambda st, limit=limit: (st["step"] < limit) & running(st), body, state)
-    return state
-
-
 def _hyp_add(h: dict, accept_if: jax.Array, seq: jax.Array, ntok: jax.Array, sum_logprobs: jax.Array,
              gen_len: jax.Array, length_penalty: float, num_beams: int) -> dict:
     """BeamHypotheses.add for every batch row where ``accept_if``: keep the best ``num_beams`` by score.
