@@ -136,7 +136,7 @@ def print_table(rows: list[dict], title: str) -> None:
         print("| " + " | ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)) + " |")
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the official size")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -152,7 +152,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=10.0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     rows = run(args)
     size = "tiny" if args.tiny else "official 1280/24/20"
     print_table(rows, f"UnifiedVoice decode, {size}, {args.dtype}, {args.new_tokens} codes, text {args.text_len}, "

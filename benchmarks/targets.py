@@ -49,8 +49,10 @@ def _dtype(smoke: bool) -> str:
 def _gpt_decode(smoke: bool) -> dict:
     from benchmarks import gpt_decode
 
-    args = argparse.Namespace(tiny=smoke, batch=[1, 8], new_tokens=20 if smoke else 200, text_len=30, beams=1,
-                              budget=0, sample=False, repetition_penalty=10.0, dtype=_dtype(smoke), repeats=3)
+    # through the script's own parser: an option added there gets its default here too
+    args = gpt_decode.build_parser().parse_args(
+        ["--batch", "1", "8", "--new-tokens", "20" if smoke else "200", "--text-len", "30",
+         "--repetition-penalty", "10", "--dtype", _dtype(smoke), "--repeats", "3"] + (["--tiny"] if smoke else []))
     rows = gpt_decode.run(args)
     b1 = next(r for r in rows if r["batch"] == 1)
     return {"checks": [("decode tokens/s, batch 1", float(b1["tok/s/seq"]), "tok/s", ">=", 1500.0)], "rows": rows}
