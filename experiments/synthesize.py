@@ -126,9 +126,9 @@ def main(argv=None, tts=None) -> dict:
             parser.error("--speaker_prompt is required")
         if not args.out:
             parser.error("--out is required")
-    if args.compilation_cache:
-        from indextts2_jax import compile_cache
+    from indextts2_jax import compile_cache  # imports jax, as the model below does
 
+    if args.compilation_cache:
         compile_cache.enable(args.compilation_cache)
     if tts is None:
         tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps, cfg_rate=args.cfg_rate,
@@ -160,8 +160,6 @@ def main(argv=None, tts=None) -> dict:
             write_wav(args.out, wave, sr)
         report = {k: v for k, v in report.items() if k != "batch"} | {"batch": report["batch"], "wav": args.out}
     if args.compilation_cache:
-        from indextts2_jax import compile_cache
-
         report["compilation_cache"] = compile_cache.stats()
     if args.json:
         from indextts2_jax.infer.pipeline import _json_default

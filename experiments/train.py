@@ -116,9 +116,9 @@ def main(argv: list[str]) -> int:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     import jax
 
-    if _COMPILATION_CACHE.value:
-        from indextts2_jax import compile_cache
+    from indextts2_jax import compile_cache
 
+    if _COMPILATION_CACHE.value:
         log.info("persistent compilation cache: %s", compile_cache.enable(_COMPILATION_CACHE.value))
 
     from indextts2_jax.train.tasks import get_task
@@ -143,8 +143,6 @@ def main(argv: list[str]) -> int:
         path = export_codec_params(workdir)
         print(f"codec params exported to {path} (set the GPT stage's config.codec_checkpoint to it)")
     if _COMPILATION_CACHE.value:
-        from indextts2_jax import compile_cache
-
         log.info("persistent compilation cache: %s", compile_cache.stats())
     if jax.process_index() == 0:
         print(json.dumps({"step": summary["step"], "num_params": summary["num_params"],
