@@ -45,8 +45,8 @@ class _CompileLog:
 def test_loss_falls_and_metrics_written(tmp_path, caplog):
     with _CompileLog(caplog) as compiles:
         out = train(toy_config(steps=60), str(tmp_path), ToyTask(toy_config(steps=60)))
-    # one compile of the step (ahead of time; the loop finds it in jax's cache) and one of the evaluation for
-    # its 3 calls (a jitted lambda per call compiled each time: 3)
+    # one compile of the step (ahead of time, for the first batch; the loop calls that executable) and one of
+    # the evaluation for its 3 calls (a jitted lambda per call compiled each time: 3)
     assert compiles.count("train_step") == 1 and compiles.count("eval_step") == 1
     losses = _losses(tmp_path)
     assert out["step"] == 60
@@ -95,6 +95,40 @@ def test_nan_loss_stops_clearly(tmp_path):
     cfg = toy_config(steps=10)
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 5"):
         train(cfg, str(tmp_path), ToyTask(cfg, nan_at_step=0))
+
+
+class BucketedToyTask(ToyTask):
+    """Batches carry an unused (n, L) array whose L is one of two length buckets (by the data); the stand-in
+    example batch has a third L, which the run never meets."""
+
+    @staticmethod
+    def _with_pad(b):
+        return {**b, "pad": np.zeros((b["x"].shape[0], 4 if b["x"][0, 0] > 0 else 8), np.float32)}
+
+    def _dataset(self, process_index, process_count, seed):
+        return super()._dataset(process_index, process_count, seed).map(self._with_pad)
+
+    def example_batch(self):
+        b = super().example_batch()
+        return {**b, "pad": np.zeros((b["x"].shape[0], 2), np.float32)}
+
+
+def test_compiles_the_buckets_the_run_meets_once_each(tmp_path, caplog):
+    import itertools
+
+    cfg = toy_config(steps=8, **{"log.eval_every_steps": 100})
+    task = BucketedToyTask(cfg)
+    met = [b["pad"].shape[1] for b in itertools.islice(task.train_iterator(0, 1), 10)]
+    assert set(met[:8]) == {4, 8}, met  # both buckets in the run (the data decides; the seed is fixed)
+    with _CompileLog(caplog) as compiles:
+        train(cfg, str(tmp_path), task)
+    # the first batch's bucket ahead of the loop, the other when met; never the example batch's L = 2
+    assert compiles.count("train_step") == 2
+    # resumed for 2 more steps: the buckets of steps 9 and 10 (the same data order), nothing for the stand-in
+    cfg10 = toy_config(steps=10, **{"log.eval_every_steps": 100})
+    with _CompileLog(caplog) as compiles:
+        train(cfg10, str(tmp_path), BucketedToyTask(cfg10))
+    assert compiles.count("train_step") == len(set(met[8:])), met
 
 
 class PhasedToyTask(ToyTask):

@@ -2,7 +2,8 @@
 
 Order (DESIGN.md "Training habits"): logging, mesh, input, ``jax.eval_shape`` of params and
 optimizer state, shardings from the abstract shapes, jitted init straight into those shardings,
-jitted step (compiled ahead, memory analysis logged), resume, evals, loop.
+resume, the jitted step compiled ahead for the first batch (memory analysis logged; each new length bucket
+or phase compiled once, when the run meets it), evals, loop.
 
 A task whose step changes form during training (the vocoder's mel-only warm-up) names the steps where
 its phases start (:meth:`Task.phase_starts`); the trainer compiles one step per phase, the first ahead
@@ -305,6 +306,7 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                 log.info("initialized params from %s", config.init_from)
 
         step_fns: dict[int, Any] = {}
+        executables: dict[tuple, Any] = {}
 
         def step_fn_of(phase: int):
             if phase not in step_fns:
@@ -315,14 +317,30 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                              starts[phase - 1])
             return step_fns[phase]
 
-        t0 = time.perf_counter()
-        # a loop call with the example batch's shapes finds this executable in jax's compilation cache
-        compiled = step_fn_of(phase_at(starts, int(state.step))).lower(state, example_global, step_rng).compile()
-        log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
-        try:
-            log.info("memory analysis: %s", compiled.memory_analysis())
-        except Exception:  # not every backend reports it
-            pass
+        def executable_for(phase: int, batch):
+            """The compiled step for ``phase`` and this batch's shapes (a length bucket): compiled ahead of
+            its first call, once, with its compile time and memory analysis logged."""
+            key = (phase, jax.tree.structure(batch), tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch)))
+            if key not in executables:
+                t0 = time.perf_counter()
+                executables[key] = step_fn_of(phase).lower(state, batch, step_rng).compile()
+                shapes = {k: tuple(v.shape) for k, v in batch.items()} if isinstance(batch, Mapping) else ""
+                log.info("compiled the train step (phase %d, %s) in %.1f s", phase, shapes,
+                         time.perf_counter() - t0)
+                try:
+                    log.info("memory analysis: %s", executables[key].memory_analysis())
+                except Exception:  # not every backend reports it
+                    pass
+            return executables[key]
+
+        step = int(state.step)
+        # Compile first, for the batch the run starts with (not a stand-in of the first bucket's shapes,
+        # which a short run or a resumed one may never meet): fetched now, trained on as the first step.
+        pending = None
+        if step < total_steps:
+            local = next(train_iter)
+            pending = (local, sharding.global_batch(local, mesh))
+            executable_for(phase_at(starts, step), pending[1])
         eval_fn = eval_step_fn(task)  # one jitted evaluation for the run (a new one per call compiled anew)
 
         stop = {"signal": False}
@@ -333,14 +351,16 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
         previous = signal.signal(signal.SIGTERM, on_term)
         peak = peak_flops_per_device(config) * jax.device_count()
         last_metrics: dict[str, float] = {}
-        step = int(state.step)
         window_t, window_tokens, window_steps = time.perf_counter(), 0, 0
         try:
             while step < total_steps:
-                local = next(train_iter)
-                batch = sharding.global_batch(local, mesh)
+                if pending is not None:
+                    (local, batch), pending = pending, None
+                else:
+                    local = next(train_iter)
+                    batch = sharding.global_batch(local, mesh)
                 phase = phase_at(starts, step)
-                state, metrics = step_fn_of(phase)(state, batch, step_rng)
+                state, metrics = executable_for(phase, batch)(state, batch, step_rng)
                 step += 1
                 window_steps += 1
                 window_tokens += task.tokens_in_batch(local) * jax.process_count()
