@@ -180,9 +180,16 @@ def test_bad_phase_starts_refused(tmp_path):
         def phase_starts(self):
             return (4, 2)
 
+    import threading
+
+    def writer_threads():  # tensorboardX's event-writer threads (alive until the writer is closed)
+        return {t for t in threading.enumerate() if type(t).__name__ == "_EventLoggerThread" and t.is_alive()}
+
+    before = writer_threads()
     cfg = toy_config(steps=4)
     with pytest.raises(ValueError, match="expected increasing steps > 0"):
         train(cfg, str(tmp_path), Bad(cfg))
+    assert writer_threads() <= before  # the refused run closed its metrics writer
 
 
 # The SIGKILL-and-restart and 8-device sharded-equals-single-device tests of the trainer run on the real

@@ -20,6 +20,7 @@ scratch.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import inspect
 import json
 import logging
@@ -244,11 +245,18 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
     """Train ``task`` under ``config`` in ``workdir``; returns a summary (last metrics, steps).
 
     ``stop_after_steps`` stops early (after saving) without changing the schedule (tests use it to
-    simulate an interruption).
+    simulate an interruption). The metrics writer and the checkpoint manager are closed however the run
+    ends, a refused config or checkpoint included (an open tensorboardX writer fails at interpreter exit).
     """
+    with contextlib.ExitStack() as cleanup:
+        return _train(config, workdir, task, stop_after_steps, cleanup)
+
+
+def _train(config, workdir: str, task: Task, stop_after_steps: int | None, cleanup: contextlib.ExitStack):
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     writer = MetricsWriter(workdir, is_main)
+    cleanup.callback(writer.close)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
@@ -281,6 +289,7 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     mngr = _checkpoint_manager(config, ckpt_dir)
+    cleanup.callback(mngr.close)
     abstract_with_sharding = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings)
 
@@ -291,6 +300,7 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
             log.info("resumed from %s at step %d", ckpt_dir, start)
         elif config.get("resume"):
             other = _checkpoint_manager(config, config.resume)
+            cleanup.callback(other.close)
             start = other.latest_step()
             if start is None:
                 raise FileNotFoundError(f"config.resume={config.resume!r} holds no checkpoint")
@@ -401,9 +411,7 @@ def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = No
                     break
         finally:
             mngr.wait_until_finished()
-            mngr.close()
             signal.signal(signal.SIGTERM, previous)
-            writer.close()
     return {"step": step, "metrics": last_metrics, "num_params": num_params}
 
 
