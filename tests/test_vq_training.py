@@ -101,7 +101,7 @@ def test_sharded_nearest_code_four_simulated_devices():
         x = latents / np.linalg.norm(latents, axis=-1, keepdims=True)
         c = codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)
         scores = x.astype(np.float64) @ c.T.astype(np.float64)
-        scores[:, 40] = scores[:, 5]  # the same column (a BLAS may still round the two apart: numpy 2.4's sgemm)
+        scores[:, 40] = scores[:, 5]  # equal columns; kept equal whatever a BLAS rounds (numpy 2.4 has split ties)
         want = np.argmax(scores, axis=-1)  # first maximum: the lowest index
         assert got[0] == 5, got[0]
         np.testing.assert_array_equal(got, want)

@@ -9,7 +9,7 @@ FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 EIGEN = "--xla_cpu_multi_thread_eigen"
 
 
-def test_jaxlib_0_11_gets_the_scheduler_workaround_and_no_other_line_does():
+def test_jaxlib_0_11_gets_the_fft_deadlock_flags_and_no_other_line_does():
     f = indextts2_jax._xla_flags_for
     assert f("0.11.2", "") == f"{FLAG}=false {EIGEN}=false"
     assert f("0.11.0", "--xla_backend_optimization_level=0") == (
