@@ -18,7 +18,6 @@ import pytest
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.infer.generate import (
     FIRST_STAGE_CODES,
-    REORDER_BLOCK,
     DecodeConfig,
     apply_repetition_penalty,
     apply_top_k,
@@ -221,6 +220,24 @@ def test_processors_match_hf_semantics():
             np.testing.assert_array_equal(np.isfinite(kept), want)
 
 
+def test_top_p_over_the_top_k_candidates_equals_the_full_sort():
+    """After top-k only k scores per row are finite: top-p over those k (no sort of all V) removes exactly what
+    the full sort removes; a row with more finite scores than that (ties at the threshold) takes the full sort."""
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(4, 300)).astype(np.float32)
+    scores[3, :40] = 9.0  # ties: 40 equal top scores
+    for top_p, keep, k in [(0.8, 1, 30), (0.8, 2, 30), (0.3, 1, 5), (0.999, 2, 30), (0.05, 2, 2)]:
+        kept = np.asarray(apply_top_k(jnp.asarray(scores[:3]), k, keep))
+        full = np.asarray(apply_top_p(jnp.asarray(kept), top_p, keep))
+        fast = np.asarray(apply_top_p(jnp.asarray(kept), top_p, keep, candidates=k))
+        np.testing.assert_array_equal(fast, full)
+        assert np.isfinite(fast).sum(axis=1).min() >= keep
+    tied = np.asarray(apply_top_k(jnp.asarray(scores), 30, 1))
+    assert np.isfinite(tied[3]).sum() == 40  # more than 30 survive the threshold
+    np.testing.assert_array_equal(np.asarray(apply_top_p(jnp.asarray(tied), 0.5, 1, candidates=30)),
+                                  np.asarray(apply_top_p(jnp.asarray(tied), 0.5, 1)))
+
+
 @pytest.mark.parametrize("stage_codes", [FIRST_STAGE_CODES, 3], ids=["one_cache_stage", "cache_stages_3_6_12"])
 def test_greedy_kv_cache_matches_cache_free_reference(setup, stage_codes):
     model, params, conds, text = setup
@@ -261,17 +278,13 @@ def test_beam_search_matches_reference(setup, stage_codes):
 
 def test_cache_stages_grow_to_the_budget():
     """The decode loop's KV-cache lengths: from the prefix plus the first stage's codes, doubling, to the whole
-    budget; beam stages are whole reorder blocks; 0 asks for one cache."""
-    assert cache_stages(67, 1500, 1) == [196, 324, 580, 1092, 1567]  # the official prefix, infer_v2's budget
-    assert cache_stages(67, 1500, 3) == [256, 384, 640, 1152, 1600]
-    assert cache_stages(67, 1500, 3, first_codes=0) == [1600] and cache_stages(67, 100, 1) == [167]
-    for prefix, n, beams, first in [(67, 1500, 1, 128), (40, 12, 3, 3), (5, 1, 1, 128), (300, 700, 3, 64)]:
-        stages = cache_stages(prefix, n, beams, first)
-        assert stages == sorted(set(stages)) and stages[0] >= prefix + 1 and stages[-1] >= prefix + n
-        assert stages[-1] < prefix + n + (REORDER_BLOCK if beams > 1 else 1)
+    budget; 0 asks for one cache."""
+    assert cache_stages(67, 1500) == [196, 324, 580, 1092, 1567]  # the official prefix, infer_v2's budget
+    assert cache_stages(67, 1500, first_codes=0) == [1567] and cache_stages(67, 100) == [167]
+    for prefix, n, first in [(67, 1500, 128), (40, 12, 3), (5, 1, 128), (300, 700, 64)]:
+        stages = cache_stages(prefix, n, first)
+        assert stages == sorted(set(stages)) and stages[0] >= prefix + 1 and stages[-1] == prefix + n
         assert all(b < 2 * a for a, b in zip(stages, stages[1:]))  # a step reads < 2x the slots it needs
-        if beams > 1 and first >= REORDER_BLOCK:
-            assert all(x % REORDER_BLOCK == 0 for x in stages)
 
 
 def test_beam_sampling_with_cache_stages_equals_one_cache(setup):
@@ -287,26 +300,34 @@ def test_beam_sampling_with_cache_stages_equals_one_cache(setup):
     np.testing.assert_allclose(staged.sequence_scores, one.sequence_scores, rtol=1e-5)
 
 
-def test_beam_cache_reorder_covers_the_written_slots():
-    """The beam step's KV reorder, block by block over the written slots only, equals a full row gather
-    wherever the beams can differ and leaves the unwritten blocks alone."""
-    from indextts2_jax.infer.generate import _reorder_caches
+def test_beam_attention_through_ancestry_equals_a_reordered_cache():
+    """A beam decode step reads each beam's history where it was written (``ancestry``, no cache reorder):
+    its attention equals plain decode attention over the cache gathered slot by slot by ancestry."""
+    from indextts2_jax.nn.gpt2 import GPT2Attention
 
-    blk, groups, k = REORDER_BLOCK, 2, 3
-    t, shared, filled = 5 * blk, blk + 7, 3 * blk + 5  # shared prefix inside block 1, filled inside block 3
+    groups, k, heads, hd, t, index = 2, 3, 2, 4, 9, 6
     rng = np.random.default_rng(0)
-    caches = [{n: rng.normal(size=(groups * k, 2, t, 4)).astype(np.float32) for n in ("k", "v")} for _ in range(2)]
-    for c in caches:  # the prefix is the same in every beam of a batch row
-        for n in ("k", "v"):
-            c[n][:, :, :shared] = np.repeat(c[n][::k, :, :shared], k, axis=0)
-    rows = np.array([2, 2, 0, 4, 3, 3], np.int32)  # within each group of 3
-    got = jax.jit(_reorder_caches, static_argnums=2)(jax.tree.map(jnp.asarray, caches), jnp.asarray(rows), shared,
-                                                     jnp.int32(filled))
-    end = -(-filled // blk) * blk
-    for c, g in zip(caches, got):
-        for n in ("k", "v"):
-            np.testing.assert_array_equal(np.asarray(g[n])[:, :, :filled], c[n][rows][:, :, :filled])
-            np.testing.assert_array_equal(np.asarray(g[n])[:, :, end:], c[n][:, :, end:])
+    q, k_new, v_new = (jnp.asarray(rng.normal(size=(groups * k, heads, 1, hd)), jnp.float32) for _ in range(3))
+    cache = {n: rng.normal(size=(groups * k, heads, t, hd)).astype(np.float32) for n in ("k", "v")}
+    ancestry = rng.integers(0, k, size=(groups, k, t)).astype(np.int32)
+    mask = np.ones((groups * k, 1, 1, t), bool)
+    mask[:3, ..., :2] = False  # group 0 is left-padded by two slots
+    mask[..., index + 1:] = False  # unwritten slots
+    # the reference: row r's slot s taken from row (group of r) * k + ancestry[group, beam, s]
+    src = (np.arange(groups)[:, None, None] * k + ancestry).reshape(groups * k, t)
+    gathered = {n: np.stack([c[src[r], :, np.arange(t)].transpose(1, 0, 2) for r in range(groups * k)])
+                for n, c in cache.items()}
+    attn = GPT2Attention(model_dim=heads * hd, heads=heads)
+    want = attn._decode_attention(q, k_new, v_new, jax.tree.map(jnp.asarray, gathered), jnp.asarray(mask), index, hd)
+    got = attn._beam_decode_attention(q, k_new, v_new, jax.tree.map(jnp.asarray, cache), jnp.asarray(mask), index,
+                                      hd, jnp.asarray(ancestry))
+    assert got.shape == (groups * k, 1, heads * hd)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    # the ancestry matters: the rows' own slots give another answer
+    own = np.broadcast_to(np.arange(k, dtype=np.int32)[None, :, None], (groups, k, t))
+    other = attn._beam_decode_attention(q, k_new, v_new, jax.tree.map(jnp.asarray, cache), jnp.asarray(mask), index,
+                                        hd, jnp.asarray(own))
+    assert np.abs(np.asarray(other) - np.asarray(got)).max() > 1e-3
 
 
 N_NEW = 12  # one max_new_tokens everywhere: the float knobs are traced, so configs share compiles

@@ -50,16 +50,12 @@ from indextts2_jax.models.gpt import UnifiedVoice
 from indextts2_jax.nn.gpt2 import init_kv_cache
 
 NEG_INF = -jnp.inf
-# Beam search reorders the KV cache in blocks of this many slots, only as far as the sequence has come
-# (its cache lengths are rounded up to a multiple of it).
-REORDER_BLOCK = 64
 # The KV cache grows in stages (see :func:`cache_stages`): the first holds the prefix and this many codes, each
 # next one twice as many, the last the whole budget.
 FIRST_STAGE_CODES = 128
 
 
-def cache_stages(prefix_len: int, max_new_tokens: int, num_beams: int = 1,
-                 first_codes: int = FIRST_STAGE_CODES) -> list[int]:
+def cache_stages(prefix_len: int, max_new_tokens: int, first_codes: int = FIRST_STAGE_CODES) -> list[int]:
     """The KV-cache lengths the decode loop grows through, shortest first; the last holds the whole budget.
 
     A decode step's attention reads every slot of its cache, written or not (the mask hides the empty ones), so
@@ -69,18 +65,14 @@ def cache_stages(prefix_len: int, max_new_tokens: int, num_beams: int = 1,
     twice as long, and so on (:func:`_staged_loop`): a step reads at most ~2x the slots it needs. Each stage
     is its own ``while_loop`` in the one program (a few copies of the step body to compile).
 
-    Slots needed: the prefix, the start code and ``max_new_tokens - 1`` fed codes. Beam search rounds every
-    length up to :data:`REORDER_BLOCK` (unless ``first_codes`` is smaller: then a reorder gathers whole
-    stages). ``first_codes`` 0: one stage.
+    Slots needed: the prefix, the start code and ``max_new_tokens - 1`` fed codes. ``first_codes`` 0: one stage.
     """
-    align = REORDER_BLOCK if num_beams > 1 and (first_codes >= REORDER_BLOCK or first_codes == 0) else 1
     full = prefix_len + max_new_tokens
-    full = -(-full // align) * align
     if first_codes <= 0:
         return [full]
     stages, codes = [], first_codes
     while True:
-        length = -(-(prefix_len + 1 + codes) // align) * align
+        length = prefix_len + 1 + codes
         if length >= full:
             break
         stages.append(length)
@@ -89,10 +81,16 @@ def cache_stages(prefix_len: int, max_new_tokens: int, num_beams: int = 1,
 
 
 def _grow(state: dict, length: int) -> dict:
-    """The state with its caches (B, H, T, hd) and ``key_valid`` (B, T) padded to ``length`` slots."""
+    """The state with its caches (B, H, T, hd), ``key_valid`` (B, T) and, in beam search, ``ancestry``
+    (G, K, T) padded to ``length`` slots (a new slot's ancestry: the row itself, until it is written)."""
     pad = length - state["key_valid"].shape[1]
     caches = jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, pad), (0, 0))), state["caches"])
-    return dict(state, caches=caches, key_valid=jnp.pad(state["key_valid"], ((0, 0), (0, pad))))
+    state = dict(state, caches=caches, key_valid=jnp.pad(state["key_valid"], ((0, 0), (0, pad))))
+    if "ancestry" in state:
+        g, k, _ = state["ancestry"].shape
+        own = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[None, :, None], (g, k, pad))
+        state["ancestry"] = jnp.concatenate([state["ancestry"], own], axis=2)
+    return state
 
 
 @dataclass(frozen=True)
@@ -159,22 +157,45 @@ def apply_top_k(scores: jax.Array, top_k: int, min_tokens_to_keep: int = 1) -> j
     if top_k <= 0:
         return scores
     k = min(max(top_k, min_tokens_to_keep), scores.shape[-1])
-    kth = lax.top_k(scores, k)[0][..., -1:]
+    # the min of the k largest, not ``[..., -1:]``: XLA:CPU runs a top_k as its TopK kernel only when all k
+    # values are used (a sort followed by a slice from 0); reading the last one alone sorts all V (~1.5 ms)
+    kth = jnp.min(lax.top_k(scores, k)[0], axis=-1, keepdims=True)
     return jnp.where(scores < kth, NEG_INF, scores)
 
 
-def apply_top_p(scores: jax.Array, top_p: float, min_tokens_to_keep: int = 1) -> jax.Array:
+def apply_top_p(scores: jax.Array, top_p: float, min_tokens_to_keep: int = 1, candidates: int = 0) -> jax.Array:
     """HF TopP: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, keep the
-    ``min_tokens_to_keep`` most likely."""
-    order = jnp.argsort(scores, axis=-1)  # ascending
-    sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
-    cum = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
-    remove_sorted = cum <= (1.0 - top_p)
+    ``min_tokens_to_keep`` most likely. scores (B, V).
+
+    ``candidates`` > 0 says that at most that many scores per row are finite (top-k ran first): the sort and
+    the cumulative sum then run over the ``candidates`` largest only (the -inf rest has probability 0 and is
+    removed either way), instead of sorting all V (8194 codes: ~2 ms per beam step on a CPU). Ties at the
+    top-k threshold can leave more finite scores than that; such a call takes the full sort."""
     v = scores.shape[-1]
-    remove_sorted = remove_sorted & (jnp.arange(v) < v - min_tokens_to_keep)
     rows = jnp.arange(scores.shape[0])[:, None]
-    remove = jnp.zeros_like(remove_sorted).at[rows, order].set(remove_sorted)
-    return jnp.where(remove, NEG_INF, scores)
+
+    def remove_among(values, ids):
+        """values (B, M) ascending (ties: lower id first, as a stable argsort), ids (B, M) their columns."""
+        cum = jnp.cumsum(jax.nn.softmax(values, axis=-1), axis=-1)
+        m = values.shape[-1]
+        remove_sorted = (cum <= (1.0 - top_p)) & (jnp.arange(m) < m - min_tokens_to_keep)
+        remove = jnp.zeros(scores.shape, bool).at[rows, ids].set(remove_sorted)
+        return jnp.where(remove, NEG_INF, scores)
+
+    def full(scores):
+        order = jnp.argsort(scores, axis=-1)  # ascending, stable
+        return remove_among(jnp.take_along_axis(scores, order, axis=-1), order)
+
+    if candidates <= 0 or candidates >= v:
+        return full(scores)
+
+    def few(scores):
+        values, ids = lax.top_k(scores, candidates)
+        values, ids = lax.sort((values, ids), dimension=-1, num_keys=2)  # ascending by value, then by id
+        return remove_among(values, ids)
+
+    fits = jnp.all(jnp.sum(jnp.isfinite(scores), axis=-1) <= candidates)
+    return lax.cond(fits, few, full, scores)
 
 
 def apply_exact_count(scores: jax.Array, step: jax.Array, target_tokens: jax.Array | None, stop: int) -> jax.Array:
@@ -220,7 +241,8 @@ def process_scores(scores, seen, step, target_tokens, static: _Static, knobs: di
         scores = scores / knobs["temperature"]
         scores = apply_top_k(scores, static.top_k, min_keep)
         if static.use_top_p:
-            scores = apply_top_p(scores, knobs["top_p"], min_keep)
+            candidates = min(max(static.top_k, min_keep), scores.shape[-1]) if static.top_k > 0 else 0
+            scores = apply_top_p(scores, knobs["top_p"], min_keep, candidates)
     return scores
 
 
@@ -255,14 +277,15 @@ class _Runner:
         logits = self.call(UnifiedVoice.mel_logits, hidden[:, -1:])[:, 0]
         return logits, caches, key_valid
 
-    def step(self, caches, key_valid: jax.Array, tokens: jax.Array, index: jax.Array):
-        """Feed generated code number ``index`` (0-based) of every row; it sits at mel position index + 2."""
+    def step(self, caches, key_valid: jax.Array, tokens: jax.Array, index: jax.Array, ancestry=None):
+        """Feed generated code number ``index`` (0-based) of every row; it sits at mel position index + 2 and is
+        written to cache slot ``prefix_len + 1 + index``. ``ancestry`` (G, K, T): beam search's (``nn/gpt2.py``)."""
         b = tokens.shape[0]
         slot = self.prefix_len + 1 + index
         emb = self.call(UnifiedVoice.embed_mel, tokens[:, None].astype(jnp.int32),
                         jnp.full((b, 1), index + 2, jnp.int32))
         key_valid = key_valid | (jnp.arange(key_valid.shape[1])[None, :] == slot)
-        hidden, caches = self.call(UnifiedVoice.transformer, emb, key_valid[:, None, None, :], caches, slot)
+        hidden, caches = self.call(UnifiedVoice.transformer, emb, key_valid[:, None, None, :], caches, slot, ancestry)
         logits = self.call(UnifiedVoice.mel_logits, hidden)[:, 0]
         return logits, caches, key_valid
 
@@ -388,25 +411,6 @@ def _hyp_worst(h: dict, num_beams: int) -> jax.Array:
     return jnp.min(jnp.where(valid, h["scores"], jnp.inf), axis=1)
 
 
-def _reorder_caches(caches, rows: jax.Array, shared: int, filled: jax.Array):
-    """The KV caches with their rows (beams) taken from ``rows`` (B*K,), over the written slots only.
-
-    Slots ``[shared, filled)`` are gathered in blocks of :data:`REORDER_BLOCK` (``filled`` traced: the
-    cost follows the sequence, not the buffer); the first ``shared`` slots (the prompt prefix and the
-    start code, equal in every beam of a batch row, which is all ``rows`` mixes) and the unwritten ones
-    are left as they are. In place: each block is read before it is written.
-    """
-    t = caches[0]["k"].shape[2]
-    blk = REORDER_BLOCK if t % REORDER_BLOCK == 0 else t
-
-    def body(i, cs):
-        start = i * blk
-        return jax.tree.map(lambda c: lax.dynamic_update_slice_in_dim(
-            c, lax.dynamic_slice_in_dim(c, start, blk, axis=2)[rows], start, axis=2), cs)
-
-    return lax.fori_loop(shared // blk, (filled + blk - 1) // blk, body, caches)
-
-
 def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_valid, rng, target_tokens,
                  stages: list[int]):
     cfg = runner.model.config
@@ -421,6 +425,10 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
     logits0 = expand(logits0)
     caches = jax.tree.map(expand, caches)
     key_valid = expand(key_valid)
+    # The cache rows stay where they are written (no reorder per step): ancestry[g, k, t] is the row of group g
+    # that holds slot t of the beam now in row k (nn/gpt2.py); the shared prefix is the same in every row.
+    own_rows = jnp.arange(k_beams, dtype=jnp.int32)[None, :, None]  # (1, K, 1)
+    ancestry = jnp.broadcast_to(own_rows, (b, k_beams, key_valid.shape[1]))
     targets_bk = None if target_tokens is None else expand(target_tokens)
 
     def process(state, logits, step):
@@ -475,8 +483,11 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
         seqs = lax.dynamic_update_slice(seqs, next_tok[:, :, None], (0, 0, step))
         tok_flat = next_tok.reshape(bk)
         seen = state["seen"][src_global] | (jnp.arange(v)[None, :] == tok_flat[:, None])
-        caches = _reorder_caches(state["caches"], src_global, runner.prefix_len + 1, runner.prefix_len + 1 + step)
-        return dict(state, beam_scores=next_scores, seqs=seqs, seen=seen, caches=caches, last=tok_flat,
+        # the new beams' histories: their sources' ancestry; the next step writes each beam's slot in its own row
+        ancestry = jnp.take_along_axis(state["ancestry"], next_src[:, :, None], axis=1)
+        slots = jnp.arange(ancestry.shape[2])[None, None, :]
+        ancestry = jnp.where(slots == runner.prefix_len + 1 + step, own_rows, ancestry)
+        return dict(state, beam_scores=next_scores, seqs=seqs, seen=seen, ancestry=ancestry, last=tok_flat,
                     hyps=hyps, done=done_after, step=step + 1)
 
     hyps = {
@@ -494,6 +505,7 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
         "seen": _initial_seen(bk, v, cfg.start_mel_token),
         "caches": caches,
         "key_valid": key_valid,
+        "ancestry": ancestry,
         "last": jnp.zeros((bk,), jnp.int32),
         "hyps": hyps,
         "done": jnp.zeros((b,), bool),
@@ -503,7 +515,8 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
 
     def body(state):
         step = state["step"]
-        logits, caches, kv = runner.step(state["caches"], state["key_valid"], state["last"], step - 1)
+        logits, caches, kv = runner.step(state["caches"], state["key_valid"], state["last"], step - 1,
+                                         state["ancestry"])
         return process(dict(state, caches=caches, key_valid=kv), logits, step)
 
     state = _staged_loop(runner, stages, n, lambda st: ~jnp.all(st["done"]), body, state)
@@ -535,7 +548,7 @@ def _generate(model: UnifiedVoice, decode: _Static, knobs, params, conds, text_i
     prefix, prefix_mask = model.apply({"params": params}, conds, text_ids, text_lengths,
                                       method=UnifiedVoice.generation_prefix)
     s = prefix.shape[1]
-    stages = cache_stages(s, decode.max_new_tokens, decode.num_beams, decode.cache_stage_codes)
+    stages = cache_stages(s, decode.max_new_tokens, decode.cache_stage_codes)
     runner = _Runner(model, params, s, stages[0])
     logits0, caches, key_valid = runner.prefill(prefix, prefix_mask)
     if decode.num_beams == 1:

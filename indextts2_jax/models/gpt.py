@@ -307,9 +307,10 @@ class UnifiedVoice(nn.Module):
         return jnp.where(mask[:, :, None], prefix, 0).astype(self.dtype), mask
 
     # -- transformer + heads ----------------------------------------------------------------------
-    def transformer(self, x: jax.Array, mask: jax.Array, caches=None, cache_index=None):
-        """GPT-2 stack incl. ``ln_f``: x (B, S, D), mask (B|1, 1, S, K) -> (hidden, caches)."""
-        return self.gpt(x, mask, caches, cache_index)
+    def transformer(self, x: jax.Array, mask: jax.Array, caches=None, cache_index=None, ancestry=None):
+        """GPT-2 stack incl. ``ln_f``: x (B, S, D), mask (B|1, 1, S, K) -> (hidden, caches); ``ancestry``
+        (G, K, T) for beam decode steps (``nn/gpt2.py``)."""
+        return self.gpt(x, mask, caches, cache_index, ancestry)
 
     def mel_logits(self, hidden: jax.Array) -> jax.Array:
         """mel_head(final_norm(hidden)) in float32: (B, S, D) -> (B, S, number_mel_codes)."""

@@ -14,6 +14,11 @@ call with ``cache_index`` writes its S new keys/values at ``[cache_index, cache_
 call (decode) attends over the whole buffer it is given (the mask hides unwritten slots; the decoder grows
 the buffer in stages, ``infer/generate.py``); a multi-token call is a
 prefill at ``cache_index`` 0 and attends over its own S keys only (``mask[..., :S]``).
+
+Beam search keeps its cache rows where they were written: a one-token call may take ``ancestry`` (G, K, T)
+int32 for a cache of G x K rows (G batch rows of K beams each): the beam now in row k of group g finds its
+key/value of slot t in row ``ancestry[g, k, t]`` of its group (see ``GPT2Attention._beam_decode_attention``),
+so choosing new beams moves a small index table instead of the cache.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from indextts2_jax.nn.layers import dense, layer_norm
@@ -48,8 +54,10 @@ class GPT2Attention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None):
-        """x (B, S, D), mask (B|1, 1, S, K) bool -> ((B, S, D), new cache or None)."""
+    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None,
+                 ancestry: jax.Array | None = None):
+        """x (B, S, D), mask (B|1, 1, S, K) bool, ancestry (G, K, T) int32 or None (one-token beam steps)
+        -> ((B, S, D), new cache or None)."""
         b, s, d = x.shape
         hd = d // self.heads
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -64,7 +72,10 @@ class GPT2Attention(nn.Module):
         if cache is not None:
             start = (0, 0, cache_index, 0)
             if s == 1:
-                out = self._decode_attention(q, k, v, cache, mask, cache_index, hd)
+                if ancestry is None:
+                    out = self._decode_attention(q, k, v, cache, mask, cache_index, hd)
+                else:
+                    out = self._beam_decode_attention(q, k, v, cache, mask, cache_index, hd, ancestry)
                 # The cache write must follow the cache reads above. XLA's copy insertion only sees data
                 # dependences: without one it copies each loop-carried cache buffer (twice) every step.
                 # ``0 * sum(out)`` (exactly 0 for finite attention) makes the written values depend on the
@@ -73,6 +84,8 @@ class GPT2Attention(nn.Module):
                 new_cache = {"k": lax.dynamic_update_slice(cache["k"], (k + dep).astype(cache["k"].dtype), start),
                              "v": lax.dynamic_update_slice(cache["v"], (v + dep).astype(cache["v"].dtype), start)}
                 return dense(d, ("mlp", "embed"), name="c_proj", **kw)(out), new_cache
+            if ancestry is not None:
+                raise ValueError("ancestry is for one-token (decode) calls")
             k_all = lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v_all = lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k_all, "v": v_all}
@@ -110,6 +123,56 @@ class GPT2Attention(nn.Module):
         out = out + (p_new / denom).astype(self.dtype) * v_new
         return out.transpose(0, 2, 1, 3).reshape(b, 1, d)
 
+    def _beam_decode_attention(self, q, k_new, v_new, cache, mask, cache_index, hd, ancestry):
+        """One beam-search decode step over a cache whose rows were never reordered.
+
+        q/k_new/v_new (G*K, H, 1, hd), cache {"k", "v"} (G*K, H, T, hd), mask (G*K|1, 1, 1, T), ancestry
+        (G, K, T) int32 in [0, K) -> (G*K, 1, H*hd). Query row k of group g attends, at slot t, to the key and
+        value in cache row ``ancestry[g, k, t]`` of the group (plus this step's own k_new/v_new at
+        ``cache_index``), i.e. as if the cache had been gathered by ancestry, without moving it.
+
+        How: each cache row is read once, against all K queries of its group (a K-row product instead of a
+        one-row one; stacked so that row a's j-th query is query (a - j) mod K), and each query then picks,
+        per slot, the score from the row its ancestry names. The values mirror it: each cache row's K
+        weight rows carry a query's probabilities where that query's ancestry names the row, zero elsewhere.
+        """
+        bk, h, _, _ = q.shape
+        g, kb, t = ancestry.shape
+        k_old = cache["k"].astype(q.dtype)
+        v_old = cache["v"].astype(q.dtype)
+        scale = 1.0 / math.sqrt(hd)
+        # stacked[g, a, :, j] = query (a - j) % K of group g: the query that cache row a serves in column j
+        shift = (np.arange(kb)[:, None] - np.arange(kb)[None, :]) % kb  # (a, j)
+        qg = q.reshape(g, kb, h, hd)
+        stacked = qg[:, shift].transpose(0, 1, 3, 2, 4).reshape(bk, h, kb, hd)
+        s_all = jnp.einsum("bhjd,bhtd->bhjt", stacked, k_old).astype(jnp.float32) * scale
+        s_all = s_all.reshape(g, kb, h, kb, t)  # (G, row a, H, column j, T)
+        owner = [ancestry[:, i, None, :] for i in range(kb)]  # per query i: (G, 1, T)
+        rows = []
+        for i in range(kb):
+            score = s_all[:, 0, :, (0 - i) % kb]
+            for a in range(1, kb):
+                score = jnp.where(owner[i] == a, s_all[:, a, :, (a - i) % kb], score)
+            rows.append(score)
+        scores_old = jnp.stack(rows, axis=1).reshape(bk, h, 1, t)
+        slots = jnp.arange(t)
+        old_mask = mask & (slots != cache_index)[None, None, None, :]
+        scores_old = jnp.where(old_mask, scores_old, jnp.finfo(jnp.float32).min)
+        score_new = jnp.sum((q * k_new).astype(jnp.float32), axis=-1, keepdims=True) * scale  # (BK, H, 1, 1)
+        top = jnp.maximum(jnp.max(scores_old, axis=-1, keepdims=True), score_new)
+        p_old = jnp.exp(scores_old - top)
+        p_new = jnp.exp(score_new - top)
+        denom = jnp.sum(p_old, axis=-1, keepdims=True) + p_new
+        p_old = (p_old / denom).reshape(g, kb, h, t)
+        zero = jnp.zeros((), p_old.dtype)
+        weights = jnp.stack([jnp.stack([jnp.where(owner[(a - j) % kb] == a, p_old[:, (a - j) % kb], zero)
+                                        for j in range(kb)], axis=2) for a in range(kb)], axis=1)  # (G, a, H, j, T)
+        out_all = jnp.einsum("bhjt,bhtd->bhjd", weights.reshape(bk, h, kb, t).astype(self.dtype), v_old)
+        out_all = out_all.reshape(g, kb, h, kb, hd)
+        out = jnp.stack([sum(out_all[:, a, :, (a - i) % kb] for a in range(kb)) for i in range(kb)], axis=1)
+        out = out.reshape(bk, h, 1, hd) + (p_new / denom).astype(self.dtype) * v_new
+        return out.transpose(0, 2, 1, 3).reshape(bk, 1, h * hd)
+
 
 class GPT2MLP(nn.Module):
     model_dim: int
@@ -131,10 +194,12 @@ class GPT2Block(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None):
+    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None,
+                 ancestry: jax.Array | None = None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = layer_norm("ln_1", param_dtype=self.param_dtype)(x).astype(self.dtype)
-        h, new_cache = GPT2Attention(self.model_dim, self.heads, name="attn", **kw)(h, mask, cache, cache_index)
+        h, new_cache = GPT2Attention(self.model_dim, self.heads, name="attn", **kw)(h, mask, cache, cache_index,
+                                                                                    ancestry)
         x = x + h
         h = layer_norm("ln_2", param_dtype=self.param_dtype)(x).astype(self.dtype)
         x = x + GPT2MLP(self.model_dim, name="mlp", **kw)(h)
@@ -151,14 +216,16 @@ class GPT2Transformer(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, caches: list[dict] | None = None, cache_index=None):
-        """x (B, S, D), mask (B|1, 1, S, K) -> (ln_f(h) (B, S, D), new caches or None)."""
+    def __call__(self, x: jax.Array, mask: jax.Array, caches: list[dict] | None = None, cache_index=None,
+                 ancestry: jax.Array | None = None):
+        """x (B, S, D), mask (B|1, 1, S, K), ancestry (G, K, T) or None (beam decode steps)
+        -> (ln_f(h) (B, S, D), new caches or None)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x.astype(self.dtype)
         new_caches = [] if caches is not None else None
         for i in range(self.layers):
             cache = caches[i] if caches is not None else None
-            x, c = GPT2Block(self.model_dim, self.heads, name=f"h_{i}", **kw)(x, mask, cache, cache_index)
+            x, c = GPT2Block(self.model_dim, self.heads, name=f"h_{i}", **kw)(x, mask, cache, cache_index, ancestry)
             if caches is not None:
                 new_caches.append(c)
         x = layer_norm("ln_f", param_dtype=self.param_dtype)(x).astype(self.dtype)
