@@ -45,6 +45,21 @@ def causal_mask(length: int) -> jax.Array:
     return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
 
 
+def _softmax_with_new_key(scores_old, mask, cache_index, q, k_new, scale):
+    """A decode step's attention weights: scores_old (B, H, 1, T) over the cache before this step's write
+    (masked by ``mask`` (B|1, 1, 1, T), slot ``cache_index`` excluded) and this step's own key k_new
+    (B, H, 1, hd), normalized together -> (p_old (B, H, 1, T), p_new (B, H, 1, 1)), float32."""
+    slots = jnp.arange(scores_old.shape[-1])
+    old_mask = mask & (slots != cache_index)[None, None, None, :]
+    scores_old = jnp.where(old_mask, scores_old, jnp.finfo(jnp.float32).min)
+    score_new = jnp.sum((q * k_new).astype(jnp.float32), axis=-1, keepdims=True) * scale
+    top = jnp.maximum(jnp.max(scores_old, axis=-1, keepdims=True), score_new)
+    p_old = jnp.exp(scores_old - top)
+    p_new = jnp.exp(score_new - top)
+    denom = jnp.sum(p_old, axis=-1, keepdims=True) + p_new
+    return p_old / denom, p_new / denom
+
+
 class GPT2Attention(nn.Module):
     """Multi-head causal self-attention with HF ``Conv1D`` projections (``c_attn``, ``c_proj``)."""
 
@@ -111,16 +126,9 @@ class GPT2Attention(nn.Module):
         v_old = cache["v"].astype(q.dtype)
         scale = 1.0 / math.sqrt(hd)
         scores_old = jnp.einsum("bhqd,bhkd->bhqk", q, k_old).astype(jnp.float32) * scale
-        slots = jnp.arange(k_old.shape[2])
-        old_mask = mask & (slots != cache_index)[None, None, None, :]
-        scores_old = jnp.where(old_mask, scores_old, jnp.finfo(jnp.float32).min)
-        score_new = jnp.sum((q * k_new).astype(jnp.float32), axis=-1, keepdims=True) * scale  # (B, H, 1, 1)
-        top = jnp.maximum(jnp.max(scores_old, axis=-1, keepdims=True), score_new)
-        p_old = jnp.exp(scores_old - top)
-        p_new = jnp.exp(score_new - top)
-        denom = jnp.sum(p_old, axis=-1, keepdims=True) + p_new
-        out = jnp.einsum("bhqk,bhkd->bhqd", (p_old / denom).astype(self.dtype), v_old)
-        out = out + (p_new / denom).astype(self.dtype) * v_new
+        p_old, p_new = _softmax_with_new_key(scores_old, mask, cache_index, q, k_new, scale)
+        out = jnp.einsum("bhqk,bhkd->bhqd", p_old.astype(self.dtype), v_old)
+        out = out + p_new.astype(self.dtype) * v_new
         return out.transpose(0, 2, 1, 3).reshape(b, 1, d)
 
     def _beam_decode_attention(self, q, k_new, v_new, cache, mask, cache_index, hd, ancestry):
@@ -155,22 +163,15 @@ class GPT2Attention(nn.Module):
                 score = jnp.where(owner[i] == a, s_all[:, a, :, (a - i) % kb], score)
             rows.append(score)
         scores_old = jnp.stack(rows, axis=1).reshape(bk, h, 1, t)
-        slots = jnp.arange(t)
-        old_mask = mask & (slots != cache_index)[None, None, None, :]
-        scores_old = jnp.where(old_mask, scores_old, jnp.finfo(jnp.float32).min)
-        score_new = jnp.sum((q * k_new).astype(jnp.float32), axis=-1, keepdims=True) * scale  # (BK, H, 1, 1)
-        top = jnp.maximum(jnp.max(scores_old, axis=-1, keepdims=True), score_new)
-        p_old = jnp.exp(scores_old - top)
-        p_new = jnp.exp(score_new - top)
-        denom = jnp.sum(p_old, axis=-1, keepdims=True) + p_new
-        p_old = (p_old / denom).reshape(g, kb, h, t)
+        p_old, p_new = _softmax_with_new_key(scores_old, mask, cache_index, q, k_new, scale)
+        p_old = p_old.reshape(g, kb, h, t)
         zero = jnp.zeros((), p_old.dtype)
         weights = jnp.stack([jnp.stack([jnp.where(owner[(a - j) % kb] == a, p_old[:, (a - j) % kb], zero)
                                         for j in range(kb)], axis=2) for a in range(kb)], axis=1)  # (G, a, H, j, T)
         out_all = jnp.einsum("bhjt,bhtd->bhjd", weights.reshape(bk, h, kb, t).astype(self.dtype), v_old)
         out_all = out_all.reshape(g, kb, h, kb, hd)
         out = jnp.stack([sum(out_all[:, a, :, (a - i) % kb] for a in range(kb)) for i in range(kb)], axis=1)
-        out = out.reshape(bk, h, 1, hd) + (p_new / denom).astype(self.dtype) * v_new
+        out = out.reshape(bk, h, 1, hd) + p_new.astype(self.dtype) * v_new
         return out.transpose(0, 2, 1, 3).reshape(bk, 1, h * hd)
 
 
