@@ -123,6 +123,30 @@ def test_second_text_compiles_nothing(tts, prompts):
     assert report["batch"]["prompt_cache"]["hits"] >= 2 and report["batch"]["prompt_cache"]["misses"] == 0
 
 
+def test_the_model_is_held_once_on_the_device():
+    """The synthesizer keeps one copy of the weights: its own on the device; the host arrays the caller loaded
+    are freed once the caller lets go of them (holding both doubled the model's memory)."""
+    import gc
+    import weakref
+
+    assets = random_assets(tiny_config(minimal=True), seed=0)
+    host_leaves = [weakref.ref(x) for x in jax.tree.leaves(assets.params) if isinstance(x, np.ndarray)]
+    assert host_leaves
+    tts = pipeline.IndexTTS2(assets, diffusion_steps=2)
+    jax.block_until_ready(tts.params)
+    del assets
+    gc.collect()
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(tts.assets.params))
+    # a host array still alive is the device array's own memory (XLA:CPU takes 64-byte aligned arrays zero-copy)
+    device_memory = {x.unsafe_buffer_pointer() for x in jax.tree.leaves(tts.assets.params)}
+    alive = [ref() for ref in host_leaves if ref() is not None]
+    assert all(x.ctypes.data in device_memory for x in alive)
+    assert len(alive) < len(host_leaves)  # the unaligned ones were copied, and their host arrays are gone
+    # the stages' params are the assets' device arrays, not further copies
+    stage_gpt, assets_gpt = jax.tree.leaves(tts.params["gpt"]), jax.tree.leaves(tts.assets.params["gpt"])
+    assert {id(x) for x in stage_gpt} == {id(x) for x in assets_gpt}
+
+
 def test_second_model_of_the_same_config_compiles_nothing(tts, prompts):
     """Synthesizers of one config share their jitted stages: other weights (a reloaded or fine-tuned model)
     run the compiled programs; other settings (diffusion steps) get their own."""
