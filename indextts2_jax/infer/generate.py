@@ -88,9 +88,13 @@ def _grow(state: dict, length: int) -> dict:
     state = dict(state, caches=caches, key_valid=jnp.pad(state["key_valid"], ((0, 0), (0, pad))))
     if "ancestry" in state:
         g, k, _ = state["ancestry"].shape
-        own = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[None, :, None], (g, k, pad))
-        state["ancestry"] = jnp.concatenate([state["ancestry"], own], axis=2)
+        state["ancestry"] = jnp.concatenate([state["ancestry"], _own_rows(g, k, pad)], axis=2)
     return state
+
+
+def _own_rows(groups: int, beams: int, slots: int) -> jax.Array:
+    """(groups, beams, slots) int32 ancestry where every beam's slots are in its own row."""
+    return jnp.broadcast_to(jnp.arange(beams, dtype=jnp.int32)[None, :, None], (groups, beams, slots))
 
 
 @dataclass(frozen=True)
@@ -427,8 +431,7 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
     key_valid = expand(key_valid)
     # The cache rows stay where they are written (no reorder per step): ancestry[g, k, t] is the row of group g
     # that holds slot t of the beam now in row k (nn/gpt2.py); the shared prefix is the same in every row.
-    own_rows = jnp.arange(k_beams, dtype=jnp.int32)[None, :, None]  # (1, K, 1)
-    ancestry = jnp.broadcast_to(own_rows, (b, k_beams, key_valid.shape[1]))
+    ancestry = _own_rows(b, k_beams, key_valid.shape[1])
     targets_bk = None if target_tokens is None else expand(target_tokens)
 
     def process(state, logits, step):
@@ -486,7 +489,7 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
         # the new beams' histories: their sources' ancestry; the next step writes each beam's slot in its own row
         ancestry = jnp.take_along_axis(state["ancestry"], next_src[:, :, None], axis=1)
         slots = jnp.arange(ancestry.shape[2])[None, None, :]
-        ancestry = jnp.where(slots == runner.prefix_len + 1 + step, own_rows, ancestry)
+        ancestry = jnp.where(slots == runner.prefix_len + 1 + step, _own_rows(b, k_beams, 1), ancestry)
         return dict(state, beam_scores=next_scores, seqs=seqs, seen=seen, ancestry=ancestry, last=tok_flat,
                     hyps=hyps, done=done_after, step=step + 1)
 

@@ -250,7 +250,6 @@ class IndexTTS2:
         missing = assets.missing_components()
         if missing:
             raise ConfigError(f"model assets ({assets.source}) lack components {missing}")
-        self.assets = assets
         self.dtype = jnp.dtype(dtype)
         self.cfg = component_configs(assets.config)
         inf = assets.config.get("inference", None) if hasattr(assets.config, "get") else None
