@@ -508,3 +508,9 @@ def test_bfloat16_compute_tracks_float32(setup):
     assert np.max(np.abs(low - ref)) / np.max(np.abs(ref)) < 0.05
     out = generate(UnifiedVoice(CFG, dtype=jnp.bfloat16), params, conds, text, decode=DecodeConfig.greedy(N_NEW))
     assert out.codes.shape == (2, N_NEW) and int(out.steps) >= 1
+    # beam search (infer_v2's default, the GPU serving path) in bf16: its ancestry attention and exact counts
+    beam = generate(UnifiedVoice(CFG, dtype=jnp.bfloat16), params, conds, text,
+                    decode=DecodeConfig(max_new_tokens=N_NEW), rng=jax.random.PRNGKey(2),
+                    target_tokens=jnp.asarray([N_NEW - 2, 5]))
+    np.testing.assert_array_equal(np.asarray(beam.lengths), [N_NEW - 2, 5])
+    assert np.isfinite(np.asarray(beam.sequence_scores)).all()
