@@ -19,8 +19,10 @@ Usage::
 Columns: ``batch``, ``seq`` (GPT tokens per sequence: 34 conditioning rows + text + 2 + codes + 2),
 ``compile s``, ``step s`` (median of ``--steps`` timed steps after ``--warmup``), ``tok/s``
 (batch x seq / step s), ``TFLOP/s`` (the task's ``flops_per_step``: 6 x non-embedding params x tokens
-+ attention) and ``MFU`` (against the device's peak bf16 dense FLOP/s from the trainer's table, or
-``--peak-tflops``; empty when unknown, e.g. on CPU).
++ attention; a ``--remat`` recompute is not counted) and ``MFU`` (against the device's peak bf16 dense FLOP/s
+from the trainer's table, or ``--peak-tflops``; empty when unknown, e.g. on CPU), ``temp GB`` (XLA's temporary
+buffers of the compiled step). GPT stage options: ``--attention einsum|xla|cudnn`` (cudnn: fused flash attention,
+NVIDIA GPUs, bfloat16) and ``--remat none|dots|full`` (``config.gpt.attention`` / ``config.gpt.remat``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def make_config(args):
     else:
         c = indextts2.get_config(f"stage={args.stage},batch={args.batch},dtype={args.dtype}")
     c.compute_dtype = args.dtype
+    if args.stage == "gpt":
+        c.gpt.attention, c.gpt.remat = args.attention, args.remat
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, args.fsdp, args.tensor
     c.total_steps = 10_000
     c.optimizer.warmup_steps = 10
@@ -147,6 +151,8 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, batch, rng).compile()
         compile_s = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        temp_gb = f"{mem.temp_size_in_bytes / 1e9:.2f}" if mem is not None else ""
         for _ in range(args.warmup):
             state, metrics = compiled(state, batch, rng)
         jax.block_until_ready(metrics)
@@ -167,10 +173,10 @@ def run(args) -> dict:
     return {"stage": args.stage, "batch": args.batch, "seq": seq, "params M": f"{num_params / 1e6:.1f}",
             "compile s": f"{compile_s:.1f}", "step s": f"{step_s:.4f}", "tok/s": f"{tokens / step_s:.0f}",
             "TFLOP/s": f"{flops / step_s / 1e12:.3f}", "MFU": f"{flops / step_s / peak:.1%}" if peak else "",
-            "loss": f"{loss:.3f}"}
+            "temp GB": temp_gb, "loss": f"{loss:.3f}"}
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=["gpt", "s2mel", "vocoder"], default="gpt")
     parser.add_argument("--tiny", action="store_true", help="the demo-size model instead of the official size")
@@ -185,8 +191,16 @@ def main(argv=None) -> None:
     parser.add_argument("--tensor", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--attention", choices=["einsum", "xla", "cudnn"], default="einsum",
+                        help="GPT stage: the causal attention (cudnn: fused, NVIDIA GPUs, bfloat16)")
+    parser.add_argument("--remat", choices=["none", "dots", "full"], default="none",
+                        help="GPT stage: blocks rematerialised in the backward")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="peak FLOP/s per device (for MFU)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     if args.dtype is None:
         args.dtype = "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
     row = run(args)

@@ -160,6 +160,12 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.gpt.grl_scale = 1.0
     c.gpt.classifier_hidden = 256
     c.gpt.num_speakers = 0  # 0 = the shards' speaker count (dataset.json)
+    # How the GPT-2 stack attends in training (nn/gpt2.py): "einsum" (ours), "xla" or "cudnn"
+    # (jax.nn.dot_product_attention; cudnn = fused flash attention on NVIDIA GPUs, bfloat16/float16 compute,
+    # no S x S buffers), and which blocks' activations the backward recomputes: "none", "dots" (keep the
+    # matmul outputs) or "full" (keep the block inputs only).
+    c.gpt.attention = "einsum"
+    c.gpt.remat = "none"
 
     # Codec stage (indextts2_jax/train/tasks/codec.py).
     c.codec = ml_collections.ConfigDict()

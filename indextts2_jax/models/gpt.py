@@ -36,7 +36,7 @@ import numpy as np
 from indextts2_jax.convert.state_dict import StateDict, check_params_match
 from indextts2_jax.errors import CheckpointError, ConfigError
 from indextts2_jax.nn.conformer import ConformerConfig, ConformerEncoder, conformer_from_torch
-from indextts2_jax.nn.gpt2 import GPT2Transformer, causal_mask
+from indextts2_jax.nn.gpt2 import GPT2Transformer
 from indextts2_jax.nn.layers import dense, layer_norm
 from indextts2_jax.nn.perceiver import PerceiverConfig, PerceiverResampler, perceiver_from_torch
 
@@ -187,6 +187,9 @@ class UnifiedVoice(nn.Module):
     config: UnifiedVoiceConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    # training options of the GPT-2 stack's causal forward (``nn/gpt2.py``): how it attends, what it rematerialises
+    attention: str = "einsum"
+    remat: str = "none"
 
     def setup(self):
         cfg = self.config
@@ -206,7 +209,7 @@ class UnifiedVoice(nn.Module):
         self.mel_embedding = _embed(cfg.number_mel_codes, d, self.param_dtype)
         self.mel_pos_embedding = _embed(cfg.mel_positions, d, self.param_dtype,
                                         ("length", "embed"))
-        self.gpt = GPT2Transformer(d, cfg.layers, cfg.heads, **kw)
+        self.gpt = GPT2Transformer(d, cfg.layers, cfg.heads, attention=self.attention, remat=self.remat, **kw)
         self.final_norm = layer_norm(param_dtype=self.param_dtype)
         self.text_head = dense(cfg.text_vocab, ("embed", "vocab"), **kw)
         self.mel_head = dense(cfg.number_mel_codes, ("embed", "vocab"), **kw)
@@ -341,7 +344,7 @@ class UnifiedVoice(nn.Module):
         mel_emb = self.embed_mel(mel_inputs, jnp.broadcast_to(jnp.arange(lm), mel_inputs.shape))
         x = jnp.concatenate([conds.astype(self.dtype), text_emb, mel_emb], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        hidden, _ = self.gpt(x, causal_mask(x.shape[1]))
+        hidden, _ = self.gpt(x, None)  # causal
         enc = self.final_norm(hidden[:, conds.shape[1]:]).astype(self.dtype)
         text_part, mel_part = enc[:, :lt], enc[:, -lm:]
         out = {"latent": mel_part[:, :-2], "text_inputs": text_inputs, "text_targets": text_targets,

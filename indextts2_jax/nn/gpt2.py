@@ -7,7 +7,16 @@ caller passes input embeddings.
 
 Attention masks are boolean, broadcastable to (B, 1, S, K) with True = may attend; K = S without a
 cache, K = the cache length with one. Masked scores get ``finfo(float32).min`` (as HF), so a query
-row with every key masked (a left-padding row) softmaxes to a uniform row instead of NaN.
+row with every key masked (a left-padding row) softmaxes to a uniform row instead of NaN. ``mask=None``
+(no cache) means plain causal attention, the training forward's: it is what ``attention`` applies to.
+
+Two training options (``GPT2Transformer``; both leave the numbers as they are, within float rounding):
+``attention`` picks how the causal forward attends: ``"einsum"`` (ours: scores, softmax, weighted sum as
+separate ops; the S x S scores are kept for the backward pass), or ``jax.nn.dot_product_attention`` with
+``implementation="xla"`` or ``"cudnn"`` (fused flash attention on NVIDIA GPUs, bfloat16/float16 only: no
+S x S buffer in the forward or the backward). ``remat`` rematerialises each block in the backward pass:
+``"none"``, ``"dots"`` (matmul outputs without batch dims are kept, the rest recomputed: the attention
+scores and the elementwise ops) or ``"full"`` (only the block inputs are kept).
 
 KV cache: a list (one entry per layer) of ``{"k": (B, H, T_max, hd), "v": (B, H, T_max, hd)}``; a
 call with ``cache_index`` writes its S new keys/values at ``[cache_index, cache_index + S)``. A one-token
@@ -32,6 +41,21 @@ import numpy as np
 from jax import lax
 
 from indextts2_jax.nn.layers import dense, layer_norm
+
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def check_training_options(attention: str, remat: str, dtype=None) -> None:
+    """Raise ValueError for an unknown ``attention``/``remat`` name, or cuDNN attention in float32."""
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention={attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
+    if attention == "cudnn" and dtype is not None and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention='cudnn' computes in bfloat16 or float16, not {jnp.dtype(dtype).name}: set the "
+                         "compute dtype, or attention='einsum'")
 
 
 def init_kv_cache(batch: int, length: int, layers: int, heads: int, head_dim: int, dtype=jnp.float32) -> list[dict]:
@@ -67,22 +91,28 @@ class GPT2Attention(nn.Module):
     heads: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    attention: str = "einsum"  # the causal forward (mask None): "einsum" | "xla" | "cudnn" (module docstring)
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None,
+    def __call__(self, x: jax.Array, mask: jax.Array | None, cache: dict | None = None, cache_index=None,
                  ancestry: jax.Array | None = None):
-        """x (B, S, D), mask (B|1, 1, S, K) bool, ancestry (G, K, T) int32 or None (one-token beam steps)
-        -> ((B, S, D), new cache or None)."""
+        """x (B, S, D), mask (B|1, 1, S, K) bool or None (causal, no cache), ancestry (G, K, T) int32 or None
+        (one-token beam steps) -> ((B, S, D), new cache or None)."""
         b, s, d = x.shape
         hd = d // self.heads
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         qkv = dense(3 * d, ("embed", "mlp"), name="c_attn", **kw)(x)
-        q, k, v = jnp.split(qkv, 3, axis=-1)
+        q, k, v = (t.reshape(b, s, self.heads, hd) for t in jnp.split(qkv, 3, axis=-1))
+        if mask is None:
+            if cache is not None:
+                raise ValueError("mask=None (causal) is for calls without a KV cache")
+            if self.attention != "einsum":
+                out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.attention)
+                return dense(d, ("mlp", "embed"), name="c_proj", **kw)(out.reshape(b, s, d)), None
+            mask = causal_mask(s)
         # heads-major (B, H, S, hd): the cache and both attention matmuls keep batch dims leading, so a
         # decode step reads the cache in place (no per-step relayout of the whole cache)
-        q = q.reshape(b, s, self.heads, hd).transpose(0, 2, 1, 3)
-        k = k.reshape(b, s, self.heads, hd).transpose(0, 2, 1, 3)
-        v = v.reshape(b, s, self.heads, hd).transpose(0, 2, 1, 3)
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
         new_cache = None
         if cache is not None:
             start = (0, 0, cache_index, 0)
@@ -193,14 +223,15 @@ class GPT2Block(nn.Module):
     heads: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    attention: str = "einsum"
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, cache: dict | None = None, cache_index=None,
+    def __call__(self, x: jax.Array, mask: jax.Array | None, cache: dict | None = None, cache_index=None,
                  ancestry: jax.Array | None = None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = layer_norm("ln_1", param_dtype=self.param_dtype)(x).astype(self.dtype)
-        h, new_cache = GPT2Attention(self.model_dim, self.heads, name="attn", **kw)(h, mask, cache, cache_index,
-                                                                                    ancestry)
+        h, new_cache = GPT2Attention(self.model_dim, self.heads, name="attn", attention=self.attention, **kw)(
+            h, mask, cache, cache_index, ancestry)
         x = x + h
         h = layer_norm("ln_2", param_dtype=self.param_dtype)(x).astype(self.dtype)
         x = x + GPT2MLP(self.model_dim, name="mlp", **kw)(h)
@@ -215,18 +246,24 @@ class GPT2Transformer(nn.Module):
     heads: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    attention: str = "einsum"  # the causal forward's attention (mask None); module docstring
+    remat: str = "none"  # "none" | "dots" | "full": blocks rematerialised in the backward (calls without a cache)
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, caches: list[dict] | None = None, cache_index=None,
+    def __call__(self, x: jax.Array, mask: jax.Array | None, caches: list[dict] | None = None, cache_index=None,
                  ancestry: jax.Array | None = None):
-        """x (B, S, D), mask (B|1, 1, S, K), ancestry (G, K, T) or None (beam decode steps)
-        -> (ln_f(h) (B, S, D), new caches or None)."""
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        """x (B, S, D), mask (B|1, 1, S, K) or None (causal, no cache), ancestry (G, K, T) or None (beam
+        decode steps) -> (ln_f(h) (B, S, D), new caches or None)."""
+        check_training_options(self.attention, self.remat, self.dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention)
         x = x.astype(self.dtype)
         new_caches = [] if caches is not None else None
+        block = GPT2Block
+        if self.remat != "none" and caches is None:  # same param paths (h_i) with or without it
+            block = nn.remat(GPT2Block, policy=REMAT_POLICIES[self.remat])
         for i in range(self.layers):
             cache = caches[i] if caches is not None else None
-            x, c = GPT2Block(self.model_dim, self.heads, name=f"h_{i}", **kw)(x, mask, cache, cache_index, ancestry)
+            x, c = block(self.model_dim, self.heads, name=f"h_{i}", **kw)(x, mask, cache, cache_index, ancestry)
             if caches is not None:
                 new_caches.append(c)
         x = layer_norm("ln_f", param_dtype=self.param_dtype)(x).astype(self.dtype)

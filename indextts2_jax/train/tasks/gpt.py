@@ -45,6 +45,7 @@ import numpy as np
 
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.models.gpt import EMO_DIM, UnifiedVoice, UnifiedVoiceConfig, masked_cross_entropy, target_mask
+from indextts2_jax.nn.gpt2 import check_training_options
 from indextts2_jax.train.tasks import PipelineTask, converted_component_file, no_mesh, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import codec_config_from, compute_dtype, load_params
 
@@ -137,8 +138,13 @@ class GptTask(PipelineTask):
     name = "gpt"
 
     def __init__(self, config):
-        super().__init__(config)
         g = config.gpt
+        attention, remat = str(g.get("attention", "einsum")), str(g.get("remat", "none"))
+        try:  # before the data checks: a typo fails first
+            check_training_options(attention, remat, compute_dtype(config))
+        except ValueError as e:
+            raise ConfigError(f"gpt.{e}") from None
+        super().__init__(config)
         self.stage = int(config.get("gpt_stage", 1))
         wanted = stage_freeze(self.stage)
         have = tuple(config.freeze)
@@ -148,7 +154,7 @@ class GptTask(PipelineTask):
             log.info("gpt_stage=%d: freezing %s", self.stage, missing)
         self.model_config = model_config_from(config)
         self.dtype = compute_dtype(config)
-        self.model = UnifiedVoice(self.model_config, dtype=self.dtype)
+        self.model = UnifiedVoice(self.model_config, dtype=self.dtype, attention=attention, remat=remat)
         if str(g.emotion_source) not in ("prompt", "target"):
             raise ConfigError(f"gpt.emotion_source={g.emotion_source!r}: expected 'prompt' or 'target'")
         self.adversarial = self.stage == 2 and float(g.adversarial_weight) > 0
