@@ -105,6 +105,36 @@ def test_audio_length_finite_and_segments(tts, prompts):
     assert set(t) >= {"prompt", "conditioning", "generation", "latent", "s2m", "vocoder"} and report["rtf"] > 0
 
 
+def test_bfloat16_synthesizer_holds_its_compute_weights_in_bfloat16(tts, prompts):
+    """dtype=bfloat16: the GPT, S2M and BigVGAN weights live on the device in bfloat16 (half the memory; the
+    DiT's freqs table stays float32, as in a bfloat16 bundle), w2v-BERT/codec/CAMPPlus keep float32; the
+    caller's assets are untouched; the vocoder tracks the float32 one; synthesis meets an exact code count
+    with finite audio, and the same seed gives the same audio."""
+    assets = random_assets(tiny_config(minimal=True), seed=0)
+    b16 = pipeline.IndexTTS2(assets, dtype=jnp.bfloat16, diffusion_steps=2)
+    kinds = {name: {str(x.dtype) for x in jax.tree.leaves(b16.assets.params[name])} for name in b16.assets.params}
+    for name in pipeline.COMPUTE_DTYPE_COMPONENTS:
+        assert "bfloat16" in kinds[name], (name, kinds[name])
+    assert kinds["gpt"] == {"bfloat16"} and kinds["bigvgan"] == {"bfloat16"}, kinds
+    assert str(b16.assets.params["s2mel"]["estimator"]["t_embedder"]["freqs"].dtype) == "float32"
+    for name in ("semantic_codec", "campplus"):
+        assert kinds[name] == {"float32"}, (name, kinds[name])
+    assert {str(x.dtype) for x in jax.tree.leaves(assets.params["gpt"])} == {"float32"}  # the caller's copy
+
+    f32 = pipeline.IndexTTS2(assets, diffusion_steps=2)
+    mel = np.random.default_rng(0).normal(-5, 1, (40, f32.cfg.bigvgan.num_mels)).astype(np.float32)
+    ref, low = f32.vocode(mel), b16.vocode(mel)
+    assert low.shape == ref.shape and np.all(np.isfinite(low))
+    assert np.linalg.norm(low - ref) < 0.05 * np.linalg.norm(ref)  # bfloat16: ~3 significant digits per op
+
+    opts = dict(target_tokens=12, seed=3, **GREEDY)
+    wave, sr, report = b16.synthesize("hello world.", prompts["spk"], **opts)
+    assert [s["codes"] for s in report["segments"]] == [12] and wave.shape[0] == _expected_samples(b16, report)
+    assert np.all(np.isfinite(wave)) and np.std(wave) > 0
+    again, _, _ = b16.synthesize("hello world.", prompts["spk"], **opts)
+    np.testing.assert_array_equal(again, wave)
+
+
 def test_second_text_compiles_nothing(tts, prompts):
     tts.synthesize(TEXT, prompts["spk"], max_text_tokens_per_segment=24, **GREEDY)  # warm (no-op if warm)
     compiles = []

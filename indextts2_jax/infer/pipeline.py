@@ -225,13 +225,18 @@ class _Run:
     job_conds: list = dataclasses.field(default_factory=list)
 
 
+# the components whose programs compute in the synthesizer's dtype (the rest always run in float32)
+COMPUTE_DTYPE_COMPONENTS = ("gpt", "s2mel", "bigvgan")
+
+
 class IndexTTS2:
     """Zero-shot TTS with emotion and duration control.
 
     Args:
       assets: a loaded model (:class:`ModelAssets`).
-      dtype: compute dtype of the GPT, S2M estimator and BigVGAN (params stay float32; w2v-BERT, the
-        codec and CAMPPlus always run in float32, as infer_v2 does).
+      dtype: compute dtype of the GPT, S2M and BigVGAN (``COMPUTE_DTYPE_COMPONENTS``), which then also hold their
+        weights in it on the device (bfloat16: as a bfloat16 bundle stores them, via ``cast_params``); w2v-BERT,
+        the codec and CAMPPlus always run in float32 on the weights as given, as infer_v2 does.
       diffusion_steps / cfg_rate: CFM settings (default from ``assets.config.inference``: 25 / 0.7).
       buckets: optional explicit bucket list for every padded length (default :func:`bucket_size`).
       prompt_cache_size: prompt files kept in the feature cache.
@@ -279,7 +284,16 @@ class IndexTTS2:
         # One device copy of the model. ``self.assets`` then names it instead of the caller's host arrays, so the
         # host copies a loader made are freed once the caller lets go of them (keeping both held the model twice:
         # 5.6 GB more at official size in float32). A caller that keeps its own ``assets`` keeps its host copy.
-        p = jax.device_put(assets.params)
+        # In bfloat16 the components that compute in it hold their weights in it (cast on the host, before the
+        # device sees them), as a bfloat16 bundle does: half the memory, and a decode step reads half the bytes.
+        host = dict(assets.params)
+        if self.dtype != jnp.float32:
+            from indextts2_jax.convert.official import cast_params
+
+            for name in COMPUTE_DTYPE_COMPONENTS:
+                if name in host:
+                    host[name] = cast_params(host[name], self.dtype.name)
+        p = jax.device_put(host)
         self.assets = dataclasses.replace(assets, params=p)
         codec_params = {k: v for k, v in p["semantic_codec"].items() if k != "decoder"}
         params = {"gpt": p["gpt"], "s2mel": p["s2mel"], "codec": codec_params, "campplus": p["campplus"],
