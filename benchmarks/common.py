@@ -1,7 +1,9 @@
-"""Shared measuring helpers of the benchmark scripts: call timing and peak memory."""
+"""Shared measuring helpers of the benchmark scripts: call timing, peak memory, ops per loop step."""
 
 from __future__ import annotations
 
+import collections
+import re
 import resource
 import time
 from collections.abc import Callable
@@ -41,3 +43,43 @@ def print_table(rows: list[dict]) -> None:
     print("|" + "|".join("---" for _ in cols) + "|")
     for r in rows:
         print("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
+
+
+# HLO instructions that launch no work of their own (tuple plumbing, views, literals)
+_FREE_OPS = frozenset({"parameter", "get-tuple-element", "tuple", "constant", "bitcast"})
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+_OPCODE = re.compile(r"=\s*(?:\([^=]*?\)|[\w\[\]{},:*\/ ]*?)\s([a-z][a-z0-9\-]*)\(")
+
+
+def loop_step_ops(hlo_text: str) -> list[collections.Counter]:
+    """Per ``while`` loop of a compiled program (``compiled.as_text()``, XLA's optimized HLO), the opcodes of
+    its body's instructions that do work (fusions, library calls such as cuBLAS ``custom-call``s, dots,
+    copies, ...; tuple plumbing, bitcasts and constants left out), as a Counter each, in program order.
+
+    On a GPU each counted instruction is about one kernel (or a command-buffer node) per iteration: for a
+    decode loop, the launches per generated token. A nested loop or conditional counts once here (and its
+    own body is listed separately). XLA:CPU's counts are of its own fusions (it splits long reductions into
+    reduce-window trees), not comparable with a GPU's.
+    """
+    comps: dict[str, list[str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        m = _COMPUTATION.match(line)
+        if m:
+            current = comps.setdefault(m.group(1), [])
+            continue
+        if line.startswith("}"):
+            current = None
+        elif current is not None and "=" in line:
+            current.append(line)
+    bodies = [m.group(1) for lines in comps.values() for line in lines if " while(" in line
+              for m in [re.search(r"body=%?([\w.\-]+)", line)] if m]
+    out = []
+    for body in bodies:
+        ops = collections.Counter()
+        for line in comps.get(body, []):
+            m = _OPCODE.search(line)
+            if m and m.group(1) not in _FREE_OPS:
+                ops[m.group(1)] += 1
+        out.append(ops)
+    return out

@@ -12,11 +12,13 @@ Usage::
     python -m benchmarks.gpt_decode --beams 3 --sample --budget 1500   # ... with its default code budget
     python -m benchmarks.gpt_decode --dtype bfloat16              # bf16 weights, KV cache and compute
 
-Columns: ``batch``; ``mode``; ``compile s`` (lower + compile of the whole generate program);
-``ttft s`` (time to the first code: prefill + first selection, steady state); ``decode s`` (the
-timed generation of N codes, median of ``--repeats``); ``tok/s/seq`` (N / decode s: speed of one
-sequence) and ``tok/s`` (batch x N / decode s: throughput); ``peak mem`` (process RSS high-water mark on
-CPU; the device's ``peak_bytes_in_use`` on accelerators).
+Columns: ``batch``; ``mode``; ``compile s`` (lower + compile of the whole generate program); ``ops/step``
+(work instructions in the decode loop's body after XLA's optimizations, ``benchmarks.common.loop_step_ops``:
+on a GPU about the kernel launches per token, the cost beside the weight reads at batch 1); ``ttft s`` (time
+to the first code: prefill + first selection, steady state); ``decode s`` (the timed generation of N codes,
+median of ``--repeats``); ``tok/s/seq`` (N / decode s: speed of one sequence) and ``tok/s`` (batch x N /
+decode s: throughput); ``peak mem`` (process RSS high-water mark on CPU; the device's ``peak_bytes_in_use``
+on accelerators).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import peak_memory_bytes
+from benchmarks.common import loop_step_ops, peak_memory_bytes
 from indextts2_jax.infer.generate import FIRST_STAGE_CODES, DecodeConfig, _generate_jit, _split
 from indextts2_jax.models.gpt import ConditionModuleConfig, UnifiedVoice, UnifiedVoiceConfig, abstract_params
 
@@ -64,11 +66,14 @@ def peak_memory() -> str:
 
 
 def compile_program(model, settings: DecodeConfig, inputs: tuple):
-    """AOT-compile the whole generate program; returns (a no-argument runner, compile seconds)."""
+    """AOT-compile the whole generate program; returns (a no-argument runner, compile seconds, the work
+    instructions of its largest loop body: ~kernel launches per decode step on a GPU, ``loop_step_ops``)."""
     static, knobs = _split(settings)
     t0 = time.perf_counter()
     program = _generate_jit.lower(model, static, knobs, *inputs).compile()
-    return (lambda: program(knobs, *inputs)), time.perf_counter() - t0
+    compile_s = time.perf_counter() - t0
+    loops = loop_step_ops(program.as_text() or "")
+    return (lambda: program(knobs, *inputs)), compile_s, max((sum(c.values()) for c in loops), default=0)
 
 
 def timed(fn, repeats: int):
@@ -109,17 +114,17 @@ def run(args) -> list[dict]:
         key = jax.random.PRNGKey(1)
 
         inputs = (params, conds, text, lengths, key, target)
-        full, compile_s = compile_program(model, decode, inputs)
+        full, compile_s, step_ops = compile_program(model, decode, inputs)
         out, times = timed(full, args.repeats)
         assert (np.asarray(out.lengths) == n).all(), "exact-count mode did not give N codes"
-        first_code, _ = compile_program(model, first, inputs)  # the same program stopped after one code
+        first_code, _, _ = compile_program(model, first, inputs)  # the same program stopped after one code
         _, ttft = timed(first_code, args.repeats)
         decode_s = statistics.median(times)
         mode = f"beam{args.beams}" if args.beams > 1 else "greedy"
         mode += "+sample" if args.sample else ""
         rows.append({
             "batch": batch, "mode": mode, "stage codes": stage_codes, "compile s": f"{compile_s:.2f}",
-            "ttft s": f"{statistics.median(ttft):.4f}",
+            "ops/step": step_ops, "ttft s": f"{statistics.median(ttft):.4f}",
             "decode s": f"{decode_s:.3f}", "tok/s/seq": f"{n / decode_s:.1f}", "tok/s": f"{batch * n / decode_s:.1f}",
             "peak mem": peak_memory(),
         })

@@ -4,6 +4,10 @@ train-step targets' arguments parse (both run in ~20 s each with ``--smoke --onl
 
 import math
 
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import loop_step_ops
 from benchmarks.targets import TARGETS, _gpt_decode, train_step_args
 
 
@@ -13,6 +17,22 @@ def test_gpt_decode_target_smoke():
     assert name == "decode tokens/s, batch 1" and unit == "tok/s" and op == ">=" and goal == 1500.0
     assert math.isfinite(value) and value > 0
     assert [r["batch"] for r in result["rows"]] == [1, 8]
+    assert all(r["ops/step"] > 0 for r in result["rows"])  # the decode loop's body was found and counted
+
+
+def test_loop_step_ops_counts_a_loop_body():
+    def f(x, w):
+        return jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ w) + 1.0, x)
+
+    def g(x, w):  # the same work twice per step
+        return jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(jnp.tanh(x @ w) @ w.T) + 1.0, x)
+
+    args = (jnp.ones((4, 8)), jnp.ones((8, 8)))
+    (one,) = loop_step_ops(jax.jit(f).lower(*args).compile().as_text())
+    (two,) = loop_step_ops(jax.jit(g).lower(*args).compile().as_text())
+    assert 0 < sum(one.values()) < sum(two.values()), (one, two)
+    assert not {"parameter", "tuple", "get-tuple-element", "constant"} & set(one)
+    assert loop_step_ops(jax.jit(lambda x: x + 1).lower(args[0]).compile().as_text()) == []  # no loop
 
 
 def test_train_step_targets_parse_their_arguments():
