@@ -15,6 +15,7 @@ Columns: seconds (best of ``--repeats`` after a warm-up), real-time factor, comp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,8 @@ from benchmarks.vocoder import tiny_configs as tiny_vocoders
 from indextts2_jax.models import bigvgan, campplus, s2mel
 
 
-def run(size: str = "official", dtype: str = "float32", repeats: int = 3) -> list[dict]:
+def run(size: str = "official", dtype: str = "float32", repeats: int = 3, attention: str = "einsum") -> list[dict]:
+    """The table's rows; ``attention``: the DiT's (``S2MelConfig.dit.attention``: einsum, xla or cudnn)."""
     dt = jnp.dtype(dtype)
     if size == "official":
         s_cfg, (c_cfg, b_cfg) = s2mel.S2MelConfig(), (campplus.CAMPPlusConfig(), bigvgan.BigVGANConfig())
@@ -35,12 +37,13 @@ def run(size: str = "official", dtype: str = "float32", repeats: int = 3) -> lis
     else:
         s_cfg, (c_cfg, b_cfg) = tiny_s2mel(), tiny_vocoders()
         target, prompt, frames, prompt_s, steps = 64, 16, 64, 2.0, 4
+    s_cfg = dataclasses.replace(s_cfg, dit=dataclasses.replace(s_cfg.dit, attention=attention))
     cfm = bench_cfm(s_cfg, target, prompt, steps, 0.7, 1, dt, repeats)
     cp = bench_campplus(c_cfg, prompt_s, dt, repeats)
     bv = bench_bigvgan(b_cfg, frames, dt, repeats)
     audio_s = bigvgan.synthesis_seconds(frames, b_cfg)
     rows = [
-        {"stage": f"S2M CFM, {steps} steps, CFG", "seconds": cfm["CFM (s)"], "RTF": cfm["RTF"],
+        {"stage": f"S2M CFM, {steps} steps, CFG ({attention} attention)", "seconds": cfm["CFM (s)"], "RTF": cfm["RTF"],
          "compile (s)": cfm["compile (s)"], "peak mem (MiB)": cfm["peak mem (MiB)"]},
         {"stage": f"CAMPPlus, {prompt_s:g} s prompt", "seconds": cp["time (s)"], "RTF": cp["RTF"],
          "compile (s)": cp["compile (s)"], "peak mem (MiB)": cp["peak mem (MiB)"]},
@@ -60,8 +63,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", choices=("official", "tiny"), default="official")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--attention", choices=("einsum", "xla", "cudnn"), default="einsum",
+                   help="the DiT's attention (cudnn: flash attention, NVIDIA GPUs, bfloat16)")
     args = p.parse_args(argv)
-    rows = run(args.size, args.dtype, args.repeats)
+    rows = run(args.size, args.dtype, args.repeats, args.attention)
     dev = jax.devices()[0]
     print(f"device: {dev.platform}:{dev.device_kind}, {args.dtype}, size={args.size}")
     print_table(rows)

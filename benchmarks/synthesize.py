@@ -79,6 +79,8 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=("official", "tiny"), default="official")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--attention", choices=("einsum", "xla", "cudnn"), default="einsum",
+                   help="the S2M estimator's attention (cudnn: flash attention, NVIDIA GPUs, bfloat16)")
     p.add_argument("--tokens", type=int, default=500, help="codes per job (500 = 10 s of speech)")
     p.add_argument("--jobs", type=int, default=4, help="jobs in the batched row (0 = skip it)")
     p.add_argument("--prompt_seconds", type=float, default=10.0)
@@ -99,8 +101,9 @@ def main(argv=None) -> list[dict]:
     t0 = time.perf_counter()
     # the host arrays are not kept: the pipeline holds the device copy (peak memory as a loaded model has it)
     tts = IndexTTS2(ra.random_assets(config, args.seed, init="fast"), dtype=jnp.dtype(args.dtype),
-                    diffusion_steps=args.diffusion_steps)
-    print(f"# {args.size} sizes, {args.dtype}, {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+                    diffusion_steps=args.diffusion_steps, attention=args.attention)
+    print(f"# {args.size} sizes, {args.dtype}, S2M attention {args.attention}, {jax.devices()[0].device_kind} "
+          f"({jax.default_backend()}), "
           f"assets {time.perf_counter() - t0:.1f} s")
     sampling = dict(max_mel_tokens=args.max_mel_tokens, repetition_penalty=10.0)  # None: the pipeline default
     if args.greedy:

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt_dir", help="where uploaded prompts are kept (default: a temporary folder)")
     p.add_argument("--diffusion_steps", type=int, default=None, help="CFM steps (default 25)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--attention", default="einsum", choices=("einsum", "xla", "cudnn"),
+                   help="the S2M estimator's attention (cudnn: flash attention, NVIDIA GPUs, --dtype bfloat16)")
     p.add_argument("--warmup", metavar="PROMPT",
                    help="before listening, synthesize a sentence with this speaker prompt at every batch size "
                         "bucket up to --batch_size (1, 2, 4, 8)")
@@ -55,7 +57,7 @@ def main(argv=None, tts=None, ready: threading.Event | None = None, servers: lis
 
         compile_cache.enable(args.compilation_cache)
     if tts is None:
-        tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps)
+        tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps, attention=args.attention)
     service = SynthesisService(tts, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
                                prompt_dir=args.prompt_dir, prompt_root=args.prompt_root,
                                max_queue=args.max_queue)

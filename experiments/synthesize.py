@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion_steps", type=int, default=None, help="CFM steps (default 25)")
     p.add_argument("--cfg_rate", type=float, default=None, help="CFM guidance (default 0.7)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--attention", default="einsum", choices=("einsum", "xla", "cudnn"),
+                   help="the S2M estimator's attention (cudnn: flash attention, NVIDIA GPUs, --dtype bfloat16)")
     p.add_argument("--batch_size", type=int, default=1, help="segments run together (jobs mode default 8)")
     p.add_argument("--exact_vocoder", action="store_true", help="vocode each segment at its own length")
     p.add_argument("--bucket_conditioning", action="store_true",
@@ -132,7 +134,8 @@ def main(argv=None, tts=None) -> dict:
         compile_cache.enable(args.compilation_cache)
     if tts is None:
         tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps, cfg_rate=args.cfg_rate,
-                         exact_vocoder=args.exact_vocoder, bucket_conditioning=args.bucket_conditioning)
+                         exact_vocoder=args.exact_vocoder, bucket_conditioning=args.bucket_conditioning,
+                         attention=args.attention)
     progress = not args.no_progress
     if args.jobs:
         report = tts.synthesize_jsonl(args.jobs, args.out_dir, batch_size=max(args.batch_size, 1),

@@ -135,6 +135,16 @@ def test_bfloat16_synthesizer_holds_its_compute_weights_in_bfloat16(tts, prompts
     np.testing.assert_array_equal(again, wave)
 
 
+def test_attention_option_is_checked_and_reaches_the_s2m_estimator(tts):
+    with pytest.raises(errors.ConfigError, match="attention='flash'"):
+        pipeline.IndexTTS2(tts.assets, attention="flash")
+    with pytest.raises(errors.ConfigError, match="bfloat16 or float16"):
+        pipeline.IndexTTS2(tts.assets, attention="cudnn")  # float32
+    fused = pipeline.IndexTTS2(tts.assets, attention="xla", diffusion_steps=2)
+    assert fused.cfg.s2mel.dit.attention == "xla" and tts.cfg.s2mel.dit.attention == "einsum"
+    assert fused.cfg.gpt == tts.cfg.gpt  # only the S2M estimator's config changes
+
+
 def test_second_text_compiles_nothing(tts, prompts):
     tts.synthesize(TEXT, prompts["spk"], max_text_tokens_per_segment=24, **GREEDY)  # warm (no-op if warm)
     compiles = []

@@ -64,6 +64,7 @@ from indextts2_jax.infer.generate import DecodeConfig, generate
 from indextts2_jax.jsonl import read_jsonl
 from indextts2_jax.models import bigvgan, campplus, gpt, s2mel, semantic_codec, w2v_bert
 from indextts2_jax.nn.gpt2 import causal_mask
+from indextts2_jax.nn.layers import check_attention
 from indextts2_jax.text.tokenizer import TextTokenizer
 
 EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
@@ -242,6 +243,10 @@ class IndexTTS2:
       prompt_cache_size: prompt files kept in the feature cache.
       exact_vocoder: vocode each segment at its own length (official numerics at the tail; one compile
         per length) instead of on silence-padded buckets.
+      attention: how the S2M estimator (the DiT, 25 calls per segment) attends: "einsum" (default), or
+        ``jax.nn.dot_product_attention``'s "xla" / "cudnn" (flash attention on NVIDIA GPUs, with
+        ``dtype=bfloat16``: no T x T score buffers, which at the end-to-end sizes dominate the S2M's memory
+        traffic; ``nn/dit.py``).
       bucket_conditioning: run the speaker/emotion conditioning encoders on bucket-padded prompt features
         (no compile per new prompt length). Off by default: their WeNet conformer convolution sees the
         GLU bias of padded frames at the edge, so padded prompts move the speaker latents by ~3e-4
@@ -251,12 +256,21 @@ class IndexTTS2:
 
     def __init__(self, assets: ModelAssets, dtype=jnp.float32, *, diffusion_steps: int | None = None,
                  cfg_rate: float | None = None, buckets: Sequence[int] | None = None,
-                 prompt_cache_size: int = 16, exact_vocoder: bool = False, bucket_conditioning: bool = False):
+                 prompt_cache_size: int = 16, exact_vocoder: bool = False, bucket_conditioning: bool = False,
+                 attention: str = "einsum"):
         missing = assets.missing_components()
         if missing:
             raise ConfigError(f"model assets ({assets.source}) lack components {missing}")
         self.dtype = jnp.dtype(dtype)
+        try:
+            check_attention(attention, self.dtype)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.cfg = component_configs(assets.config)
+        if attention != self.cfg.s2mel.dit.attention:
+            s2m = self.cfg.s2mel
+            self.cfg = dataclasses.replace(
+                self.cfg, s2mel=dataclasses.replace(s2m, dit=dataclasses.replace(s2m.dit, attention=attention)))
         inf = assets.config.get("inference", None) if hasattr(assets.config, "get") else None
         inf = inf if inf is not None else {}
         self.diffusion_steps = int(diffusion_steps if diffusion_steps is not None else inf.get("diffusion_steps", 25))

@@ -72,6 +72,9 @@ class DiTConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     max_length: int = 16384  # official RoPE table / input_pos length (block_size is hard-coded to 16384)
+    # how the transformer attends (not in the official config): "einsum" (ours), or jax.nn.dot_product_attention's
+    # "xla" / "cudnn" (flash attention on NVIDIA GPUs, bfloat16; nn/dit.py SelfAttention)
+    attention: str = "einsum"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -441,7 +444,7 @@ class DiT(nn.Module):
         x_res = DiTTransformer(
             depth=dcfg.depth, dim=hidden, num_heads=dcfg.num_heads, head_dim=hidden // dcfg.num_heads,
             ffn_hidden=swiglu_hidden_size(hidden), uvit_skip_connection=dcfg.uvit_skip_connection,
-            norm_eps=dcfg.norm_eps, rope_base=dcfg.rope_base, name="transformer", **kw,
+            norm_eps=dcfg.norm_eps, rope_base=dcfg.rope_base, attention=dcfg.attention, name="transformer", **kw,
         )(x_in, t1[:, None, :], x_mask)
         self.sow("intermediates", "inter_transformer", x_res)
         if dcfg.long_skip_connection:

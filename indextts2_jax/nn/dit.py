@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from indextts2_jax.nn.layers import dense
+from indextts2_jax.nn.layers import check_attention, dense
 
 Dtype = Any
 
@@ -141,12 +141,18 @@ class SelfAttention(nn.Module):
 
     x (B, T, D), rope (T, Dh/2, 2), key_mask (B, T) bool (True = valid key) -> (B, T, D).
     Scores and softmax in float32; scale 1/sqrt(head_dim).
+
+    ``attention`` (``nn.layers.ATTENTION_IMPLEMENTATIONS``): ``"einsum"`` (ours) or ``jax.nn.dot_product_attention``
+    (``"xla"``, or ``"cudnn"``: flash attention on NVIDIA GPUs in bfloat16, no T x T buffers). The fused calls take
+    the valid keys as a count per row, ``sum(key_mask)``: key_mask must then be a prefix mask (valid keys
+    first), as the DiT's ``sequence_mask(x_lens)`` is.
     """
 
     num_heads: int
     head_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x: jax.Array, rope: jax.Array, key_mask: jax.Array) -> jax.Array:
@@ -157,6 +163,12 @@ class SelfAttention(nn.Module):
         q, k, v = (a.reshape(b, t, self.num_heads, self.head_dim) for a in jnp.split(qkv, 3, axis=-1))
         q = apply_rope(q, rope)
         k = apply_rope(k, rope)
+        if self.attention != "einsum":
+            lengths = jnp.sum(key_mask, axis=-1, dtype=jnp.int32)
+            y = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
+                                             key_value_seq_lengths=lengths, implementation=self.attention)
+            return dense(d, ("heads", "embed"), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name="wo")(y.reshape(b, t, hd))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         scores = scores.astype(jnp.float32) / math.sqrt(self.head_dim)
         scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
@@ -194,6 +206,7 @@ class DiTBlock(nn.Module):
     norm_eps: float = 1e-5
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x, c, rope, key_mask, skip=None):
@@ -201,7 +214,8 @@ class DiTBlock(nn.Module):
         if skip is not None:
             x = dense(self.dim, ("mlp", "embed"), name="skip_in_linear", **kw)(jnp.concatenate([x, skip], axis=-1))
         h = AdaptiveRMSNorm(self.norm_eps, name="attention_norm", **kw)(x, c)
-        x = x + SelfAttention(self.num_heads, self.head_dim, name="attention", **kw)(h, rope, key_mask)
+        x = x + SelfAttention(self.num_heads, self.head_dim, name="attention", attention=self.attention, **kw)(
+            h, rope, key_mask)
         h = AdaptiveRMSNorm(self.norm_eps, name="ffn_norm", **kw)(x, c)
         x = x + SwiGLU(self.ffn_hidden, name="feed_forward", **kw)(h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -227,15 +241,17 @@ class DiTTransformer(nn.Module):
     rope_base: float = 10000.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: str = "einsum"  # SelfAttention's implementation
 
     @nn.compact
     def __call__(self, x, c, key_mask):
+        check_attention(self.attention, self.dtype)
         rope = jnp.asarray(rope_table(x.shape[1], self.head_dim, self.rope_base))
         stack = []
         for i in range(self.depth):
             skip = stack.pop() if (self.uvit_skip_connection and i > self.depth // 2) else None
             x = DiTBlock(self.dim, self.num_heads, self.head_dim, self.ffn_hidden, self.norm_eps, self.dtype,
-                         self.param_dtype, name=f"layers_{i}")(x, c, rope, key_mask, skip)
+                         self.param_dtype, self.attention, name=f"layers_{i}")(x, c, rope, key_mask, skip)
             if self.uvit_skip_connection and i < self.depth // 2:
                 stack.append(x)
         return AdaptiveRMSNorm(self.norm_eps, self.dtype, self.param_dtype, name="norm")(x, c)

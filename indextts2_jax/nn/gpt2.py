@@ -40,22 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from indextts2_jax.nn.layers import dense, layer_norm
+from indextts2_jax.nn.layers import check_attention, dense, layer_norm
 
-ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
                   "full": jax.checkpoint_policies.nothing_saveable}
 
 
 def check_training_options(attention: str, remat: str, dtype=None) -> None:
     """Raise ValueError for an unknown ``attention``/``remat`` name, or cuDNN attention in float32."""
-    if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"attention={attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+    check_attention(attention, dtype)
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
-    if attention == "cudnn" and dtype is not None and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-        raise ValueError(f"attention='cudnn' computes in bfloat16 or float16, not {jnp.dtype(dtype).name}: set the "
-                         "compute dtype, or attention='einsum'")
 
 
 def init_kv_cache(batch: int, length: int, layers: int, heads: int, head_dim: int, dtype=jnp.float32) -> list[dict]:

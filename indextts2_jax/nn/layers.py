@@ -42,3 +42,18 @@ def layer_norm(name: str | None = None, dtype=jnp.float32, param_dtype=jnp.float
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
         name=name,
     )
+
+
+# How a module attends (``nn/gpt2.py``'s causal training forward, ``nn/dit.py``'s S2M estimator): ``"einsum"`` (ours:
+# scores, softmax and weighted sum as separate ops, the S x S scores materialized) or ``jax.nn.dot_product_attention``
+# with ``implementation="xla"`` or ``"cudnn"`` (fused flash attention on NVIDIA GPUs; bfloat16/float16 only).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
+
+def check_attention(attention: str, dtype=None) -> None:
+    """Raise ValueError for an unknown ``attention`` name, or cuDNN attention with a float32 compute dtype."""
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention={attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+    if attention == "cudnn" and dtype is not None and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention='cudnn' computes in bfloat16 or float16, not {jnp.dtype(dtype).name}: set the "
+                         "compute dtype, or attention='einsum'")
