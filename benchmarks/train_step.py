@@ -21,8 +21,9 @@ Columns: ``batch``, ``seq`` (GPT tokens per sequence: 34 conditioning rows + tex
 (batch x seq / step s), ``TFLOP/s`` (the task's ``flops_per_step``: 6 x non-embedding params x tokens
 + attention; a ``--remat`` recompute is not counted) and ``MFU`` (against the device's peak bf16 dense FLOP/s
 from the trainer's table, or ``--peak-tflops``; empty when unknown, e.g. on CPU), ``temp GB`` (XLA's temporary
-buffers of the compiled step). GPT stage options: ``--attention einsum|xla|cudnn`` (cudnn: fused flash attention,
-NVIDIA GPUs, bfloat16) and ``--remat none|dots|full`` (``config.gpt.attention`` / ``config.gpt.remat``).
+buffers of the compiled step). ``--attention einsum|xla|cudnn`` (cudnn: fused flash attention, NVIDIA GPUs,
+bfloat16; GPT and S2M stages: ``config.gpt.attention``, ``config.s2mel.attention``) and, GPT stage,
+``--remat none|dots|full`` (``config.gpt.remat``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def make_config(args):
     c.compute_dtype = args.dtype
     if args.stage == "gpt":
         c.gpt.attention, c.gpt.remat = args.attention, args.remat
+    elif args.stage == "s2mel":
+        c.s2mel.attention = args.attention
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, args.fsdp, args.tensor
     c.total_steps = 10_000
     c.optimizer.warmup_steps = 10
@@ -192,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--attention", choices=["einsum", "xla", "cudnn"], default="einsum",
-                        help="GPT stage: the causal attention (cudnn: fused, NVIDIA GPUs, bfloat16)")
+                        help="GPT and S2M stages: the attention (cudnn: fused, NVIDIA GPUs, bfloat16)")
     parser.add_argument("--remat", choices=["none", "dots", "full"], default="none",
                         help="GPT stage: blocks rematerialised in the backward")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="peak FLOP/s per device (for MFU)")

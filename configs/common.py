@@ -194,6 +194,7 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.s2mel.semantic_frame_rate = 0.0  # Hz of the semantic features/codes; 0 = from the shards (w2v-BERT: 50)
     c.s2mel.sample_steps = 4  # Euler steps of the eval mel sample (cheap)
     c.s2mel.sample_cfg_rate = 0.7
+    c.s2mel.attention = "einsum"  # the DiT's attention: "einsum", "xla" or "cudnn" (flash attention, GPUs, bfloat16)
     # BigVGAN for audio samples at eval (a vocoder-stage workdir or generator params msgpack; "" = mel images only)
     c.s2mel.vocoder_checkpoint = ""
 

@@ -104,3 +104,16 @@ def test_config_options_are_checked():
     c.gpt.attention = "cudnn"  # demo compute dtype: float32
     with pytest.raises(ConfigError, match="bfloat16 or float16"):
         GptTask(c)
+
+
+def test_s2mel_attention_option_is_checked():
+    from indextts2_jax.train.tasks.s2mel import S2melTask
+
+    c = demo.get_config("stage=s2mel")
+    c.s2mel.attention = "flash"
+    with pytest.raises(ConfigError, match="s2mel.attention='flash'"):
+        S2melTask(c)
+    c = demo.get_config("stage=s2mel")
+    c.s2mel.attention = "cudnn"
+    with pytest.raises(ConfigError, match="bfloat16 or float16"):
+        S2melTask(c)

@@ -63,6 +63,7 @@ import numpy as np
 
 from indextts2_jax.errors import ConfigError
 from indextts2_jax.models import s2mel as s2m
+from indextts2_jax.nn.layers import check_attention
 from indextts2_jax.train.tasks import PipelineTask, converted_component_file, no_mesh, write_init_checkpoint
 from indextts2_jax.train.tasks.codec import codec_config_from, compute_dtype, load_params
 
@@ -141,9 +142,15 @@ class S2melTask(PipelineTask):
     name = "s2mel"
 
     def __init__(self, config):
-        super().__init__(config)
         s = config.s2mel
-        self.model_config = s2mel_config_from(config)
+        attention = str(s.get("attention", "einsum"))
+        try:  # before the data checks: a typo fails first
+            check_attention(attention, compute_dtype(config))
+        except ValueError as e:
+            raise ConfigError(f"s2mel.{e}") from None
+        super().__init__(config)
+        cfg = s2mel_config_from(config)
+        self.model_config = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, attention=attention))
         self.dtype = compute_dtype(config)
         lo, hi = float(s.prompt_fraction_min), float(s.prompt_fraction_max)
         if not 0.0 <= lo <= hi <= 1.0:
