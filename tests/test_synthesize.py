@@ -202,6 +202,14 @@ def test_second_model_of_the_same_config_compiles_nothing(tts, prompts):
     assert pipeline.IndexTTS2(tts.assets, diffusion_steps=3).trace_counts is not tts.trace_counts
 
 
+def test_a_live_synthesizer_keeps_its_stages_shared(tts):
+    """More settings than the LRU keeps push this one's stages out of it; while ``tts`` holds them, a new
+    synthesizer of its setting still finds them (nothing compiles twice for one setting in a process)."""
+    others = [pipeline.IndexTTS2(tts.assets, diffusion_steps=10 + i) for i in range(pipeline._STAGES_KEPT + 1)]
+    assert len({id(o.trace_counts) for o in others}) == len(others)
+    assert pipeline.IndexTTS2(tts.assets, diffusion_steps=2).trace_counts is tts.trace_counts
+
+
 def test_seed_determinism_and_sampling(tts, prompts):
     opts = dict(do_sample=True, num_beams=1, top_k=30, top_p=0.8, temperature=1.0, max_mel_tokens=16)
     a, _, ra = tts.synthesize("hello world.", prompts["spk"], seed=3, **opts)

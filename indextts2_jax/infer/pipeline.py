@@ -48,6 +48,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -323,7 +324,7 @@ class IndexTTS2:
         self.cache_stats = {"hits": 0, "misses": 0}
         # the jitted stages, shared by every synthesizer of the same configs and settings in this process (a
         # reloaded or fine-tuned model of the same config compiles nothing); trace_counts counts their traces
-        stages = _shared_stages(self.cfg, self.dtype, self.diffusion_steps, self.cfg_rate)
+        self._stages = stages = _shared_stages(self.cfg, self.dtype, self.diffusion_steps, self.cfg_rate)
         self.gpt_model, self.trace_counts = stages["gpt_model"], stages["trace_counts"]
         self._w2v, self._codec, self._style = stages["w2v_bert"], stages["codec"], stages["campplus"]
         self._conditioning, self._cond_block = stages["conditioning"], stages["conditioning_block"]
@@ -909,17 +910,24 @@ class IndexTTS2:
         return summary
 
 
+class _Stages(dict):
+    """The jitted stages of one setting (a dict that can be weakly referenced)."""
+
+
 _STAGES: collections.OrderedDict = collections.OrderedDict()  # (configs, dtype, steps, cfg rate) -> stages
 _STAGES_KEPT = 4
+_LIVE_STAGES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # the same, while a synthesizer holds them
 
 
-def _shared_stages(c: ComponentConfigs, dt, diffusion_steps: int, cfg_rate: float) -> dict:
-    """The jitted pipeline stages for these configs and settings, built once per process (an LRU of the last
-    ``_STAGES_KEPT`` settings). Params are arguments, never captured, so models of the same config share them."""
+def _shared_stages(c: ComponentConfigs, dt, diffusion_steps: int, cfg_rate: float) -> _Stages:
+    """The jitted pipeline stages for these configs and settings, built once per process: kept while a
+    synthesizer holds them, and for the last ``_STAGES_KEPT`` settings after that. Params are arguments, never
+    captured, so models of the same config share them."""
     key = (repr(c), jnp.dtype(dt).name, int(diffusion_steps), float(cfg_rate))
-    if key in _STAGES:
-        _STAGES.move_to_end(key)
-        return _STAGES[key]
+    found = _STAGES.get(key)
+    found = _LIVE_STAGES.get(key) if found is None else found
+    if found is not None:
+        return _remember(key, found)
     trace_counts: collections.Counter = collections.Counter()
 
     def counted_jit(name: str, fn: Callable, **jit_kw):
@@ -975,7 +983,13 @@ def _shared_stages(c: ComponentConfigs, dt, diffusion_steps: int, cfg_rate: floa
         "conditioning_block": counted_jit("conditioning_block", cond_block), "latent": counted_jit("latent", latent),
         "s2m": counted_jit("s2m", s2m, static_argnames=("g_max", "t_len")), "vocoder": counted_jit("vocoder", vocode),
     }
-    _STAGES[key] = stages
+    return _remember(key, _Stages(stages))
+
+
+def _remember(key: tuple, stages: _Stages) -> _Stages:
+    """Make ``stages`` the most recent entry of the LRU (dropping the oldest beyond ``_STAGES_KEPT``)."""
+    _STAGES[key] = _LIVE_STAGES[key] = stages
+    _STAGES.move_to_end(key)
     while len(_STAGES) > _STAGES_KEPT:
         _STAGES.popitem(last=False)
     return stages
