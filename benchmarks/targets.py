@@ -54,15 +54,42 @@ def _fused_first(smoke: bool, run: Callable[[str], dict]) -> dict:
     implementation, as a CPU has no cuDNN), and with our einsum attention if that raises (no cuDNN, an unsupported
     shape): each result row says which attention it used, and why the fused one was not."""
     fused = "xla" if smoke else "cudnn"
+    note = "" if smoke else _cudnn_probe()  # fails in a second where a failed run could cost minutes
+    if note:
+        fused = "einsum"
+        print(f"# {note}; measuring einsum attention", flush=True)
     try:
         result = run(fused)
-        note = ""
     except Exception as e:  # noqa: BLE001 - any failure of the fused path: measure the default one instead
+        if fused == "einsum":
+            raise
         note = f"{fused} attention failed: {type(e).__name__}: {str(e)[:300]}"
         print(f"# {note}; measuring einsum attention", flush=True)
         fused, result = "einsum", run("einsum")
     result["rows"] = [dict(r, attention=fused, **({"fused_failure": note} if note else {})) for r in result["rows"]]
     return result
+
+
+def _cudnn_probe() -> str:
+    """"" when cuDNN attention compiles and runs at the targets' kinds of shapes (the DiT's key-padded call at
+    1118 frames, the GPT's causal call and its gradient at 638 positions; bfloat16), else why not."""
+    import jax
+    import jax.numpy as jnp
+
+    def padded(q):
+        return jax.nn.dot_product_attention(q, q, q, key_value_seq_lengths=jnp.array([1118, 900], jnp.int32),
+                                            implementation="cudnn")
+
+    def causal_loss(q):
+        return jnp.sum(jax.nn.dot_product_attention(q, q, q, is_causal=True, implementation="cudnn")
+                       .astype(jnp.float32))
+
+    try:
+        jax.block_until_ready(jax.jit(padded)(jnp.ones((2, 1118, 8, 64), jnp.bfloat16)))
+        jax.block_until_ready(jax.jit(jax.grad(causal_loss))(jnp.ones((2, 638, 20, 64), jnp.bfloat16)))
+    except Exception as e:  # noqa: BLE001 - any failure: the targets measure einsum attention instead
+        return f"cudnn attention probe failed: {type(e).__name__}: {str(e)[:300]}"
+    return ""
 
 
 def _gpt_decode(smoke: bool) -> dict:

@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks.common import loop_step_ops
 from benchmarks.targets import TARGETS, _fused_first, _gpt_decode, train_step_args
@@ -44,7 +45,9 @@ def test_train_step_targets_parse_their_arguments():
     assert (smoke.attention, smoke.dtype, smoke.tiny) == ("xla", "float32", True)
 
 
-def test_fused_attention_falls_back_to_einsum():
+def test_fused_attention_falls_back_to_einsum(monkeypatch):
+    from benchmarks import targets
+
     tried = []
 
     def run(attention):
@@ -53,8 +56,21 @@ def test_fused_attention_falls_back_to_einsum():
             raise RuntimeError("cuDNN is not detected.")
         return {"checks": [], "rows": [{"x": 1}]}
 
-    result = _fused_first(False, run)
-    assert tried == ["cudnn", "einsum"]
-    (row,) = result["rows"]
-    assert row["attention"] == "einsum" and "cuDNN is not detected" in row["fused_failure"]
+    monkeypatch.setattr(targets, "_cudnn_probe", lambda: "")  # the probe passes, the run raises: einsum after it
+    (row,) = _fused_first(False, run)["rows"]
+    assert tried == ["cudnn", "einsum"] and row["attention"] == "einsum"
+    assert "cuDNN is not detected" in row["fused_failure"]
+    tried.clear()
+    monkeypatch.setattr(targets, "_cudnn_probe", lambda: "cudnn attention probe failed: no")  # einsum only
+    (row,) = _fused_first(False, run)["rows"]
+    assert tried == ["einsum"]
+    assert row == {"x": 1, "attention": "einsum", "fused_failure": "cudnn attention probe failed: no"}
     assert _fused_first(True, lambda a: {"checks": [], "rows": [{"x": 1}]})["rows"] == [{"x": 1, "attention": "xla"}]
+
+
+def test_cudnn_probe_says_why_on_a_cpu():
+    from benchmarks.targets import _cudnn_probe
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU-only check: no cuDNN there")
+    assert _cudnn_probe().startswith("cudnn attention probe failed")

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from indextts2_jax import audio as audio_lib
+from indextts2_jax.convert.official import cast_params
 from indextts2_jax.errors import ConfigError, IndexTTS2Error, ModelDirectoryError
 from indextts2_jax.infer.assets import ModelAssets
 from indextts2_jax.infer.configs import ComponentConfigs, component_configs
@@ -303,8 +304,6 @@ class IndexTTS2:
         # device sees them), as a bfloat16 bundle does: half the memory, and a decode step reads half the bytes.
         host = dict(assets.params)
         if self.dtype != jnp.float32:
-            from indextts2_jax.convert.official import cast_params
-
             for name in COMPUTE_DTYPE_COMPONENTS:
                 if name in host:
                     host[name] = cast_params(host[name], self.dtype.name)
