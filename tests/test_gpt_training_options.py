@@ -32,15 +32,22 @@ def _loss_and_grads(attention: str, remat: str, params, conds, text, mel):
     return value, latent, grads
 
 
-@pytest.mark.parametrize("attention,remat", [("xla", "none"), ("einsum", "dots"), ("xla", "full")])
-def test_options_keep_the_loss_and_the_gradients(attention, remat):
+@pytest.fixture(scope="module")
+def reference():
+    """Inputs and the default options' (einsum attention, no remat) loss, latent and gradients."""
     params = random_params(CFG)
     rng = np.random.default_rng(0)
     conds = jnp.asarray(rng.normal(0, 1, (2, CFG.cond_rows, CFG.model_dim)).astype(np.float32))
     text = jnp.asarray(rng.integers(2, CFG.number_text_tokens - 2, (2, 6)), jnp.int32)
     mel = jnp.asarray(rng.integers(0, CFG.number_mel_codes - 2, (2, 9)), jnp.int32)
-    ref_loss, ref_latent, ref_grads = _loss_and_grads("einsum", "none", params, conds, text, mel)
-    loss, latent, grads = _loss_and_grads(attention, remat, params, conds, text, mel)
+    inputs = (params, conds, text, mel)
+    return inputs, _loss_and_grads("einsum", "none", *inputs)
+
+
+@pytest.mark.parametrize("attention,remat", [("xla", "none"), ("einsum", "dots"), ("xla", "full")])
+def test_options_keep_the_loss_and_the_gradients(attention, remat, reference):
+    inputs, (ref_loss, ref_latent, ref_grads) = reference
+    loss, latent, grads = _loss_and_grads(attention, remat, *inputs)
     # float32 throughout: only the order of the sums differs (fused softmax, recomputed activations)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     np.testing.assert_allclose(latent, ref_latent, rtol=1e-4, atol=1e-5)
