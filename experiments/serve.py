@@ -7,7 +7,8 @@
 
 ``--model`` takes what ``experiments.synthesize`` takes (an official model directory, a converted checkpoint,
 a bundle, or ``random:tiny``). ``--warmup PROMPT`` synthesizes a sentence at every batch size bucket before
-listening, so the first clients do not wait for compilation; ``--compilation_cache DIR`` keeps the compiled
+listening, so the first clients do not wait for compilation (``--warmup_tokens N,N`` adds outputs of those code
+counts: their length buckets); ``--compilation_cache DIR`` keeps the compiled
 programs on disk, so a restarted server skips XLA's compiles (``GET /stats`` counts the cache hits). The
 endpoints and the request keys: ``indextts2_jax/infer/server.py``.
 """
@@ -39,10 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", metavar="PROMPT",
                    help="before listening, synthesize a sentence with this speaker prompt at every batch size "
                         "bucket up to --batch_size (1, 2, 4, 8)")
+    p.add_argument("--warmup_tokens", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                   metavar="N,N,...", help="with --warmup, also warm outputs of these code counts (their length "
+                                           "buckets; ~50 codes per second of speech), e.g. 100,250,500")
     p.add_argument("--compilation_cache", metavar="DIR",
                    help="JAX's persistent compilation cache: a restarted server reads its compiled stages here")
     p.add_argument("--verbose", action="store_true", help="log every request")
     return p
+
+
+def _warm_up_row(r: dict) -> str:
+    codes = "" if r["tokens"] is None else f", {r['tokens']} codes"
+    return f"batch {r['batch']}{codes} {r['seconds']:.1f} s ({r['new_compiles']} compiles)"
 
 
 def main(argv=None, tts=None, ready: threading.Event | None = None, servers: list | None = None) -> None:
@@ -63,12 +72,11 @@ def main(argv=None, tts=None, ready: threading.Event | None = None, servers: lis
                                max_queue=args.max_queue)
     if args.warmup:
         try:
-            rows = service.warm_up(args.warmup)
+            rows = service.warm_up(args.warmup, tokens=args.warmup_tokens)
         except BaseException:
             service.close()
             raise
-        print("warm-up: " + ", ".join(f"batch {r['batch']} {r['seconds']:.1f} s ({r['new_compiles']} compiles)"
-                                      for r in rows), file=sys.stderr)
+        print("warm-up: " + ", ".join(_warm_up_row(r) for r in rows), file=sys.stderr)
     server = make_server(service, args.host, args.port, verbose=args.verbose)
     host, port = server.server_address[:2]
     print(f"serving {tts.assets.source} on http://{host}:{port} (batch {service.batch_size}, "

@@ -258,6 +258,23 @@ def test_full_queue_refuses(tts, tmp_path):
     assert status == 503 and headers["Retry-After"] == "1" and json.loads(data)["type"] == "ServerBusyError"
 
 
+def test_warm_up_with_code_counts_covers_those_lengths(tts, prompt, tmp_path):
+    """warm_up(tokens=[n]) compiles the length buckets of n-code outputs: afterwards a request for n codes
+    compiles nothing."""
+    service = SynthesisService(tts, batch_size=1, max_wait_ms=0, prompt_dir=tmp_path)
+    sampling = dict(GREEDY, max_mel_tokens=40)  # free runs reach 40 codes (no stop token): other buckets than 22
+    try:
+        n = 22
+        rows = service.warm_up(prompt, text=TEXT, sampling=sampling, tokens=[n])
+        assert [(r["batch"], r["tokens"]) for r in rows] == [(1, None), (1, n)]
+        assert rows[1]["new_compiles"] > 0  # n codes met length buckets the free-running sentence had not
+        wave, _, report, _ = service.synthesize(dict(text=TEXT, speaker_prompt=prompt, target_tokens=n,
+                                                     sampling=sampling))
+        assert report["batch"]["new_compiles"] == 0 and [s["codes"] for s in report["segments"]] == [n]
+    finally:
+        service.close()
+
+
 def test_warm_up_compiles_every_batch_bucket(tts, prompt, tmp_path):
     """After warm_up, a batch of the same sentence at any size up to batch_size compiles nothing; a bad warm-up
     prompt raises its error and the service keeps serving."""

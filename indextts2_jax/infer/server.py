@@ -56,7 +56,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,13 +229,16 @@ class SynthesisService:
                 raise item
             yield item
 
-    def warm_up(self, speaker_prompt, text: str = WARMUP_TEXT, sampling: dict | None = None) -> list[dict]:
+    def warm_up(self, speaker_prompt, text: str = WARMUP_TEXT, sampling: dict | None = None,
+                tokens: Sequence[int] = ()) -> list[dict]:
         """Compile the programs that requests like ``text`` will meet at every device batch size: one
         :meth:`IndexTTS2.synthesize_batch` of 1, 2, 4, ... copies of the job (each batch bucket up to
-        ``batch_size``), run on the worker thread. Returns one row per batch: ``{"batch", "seconds",
-        "new_compiles"}``. Other text lengths still meet their own code and mel-frame buckets on first use
-        (a persistent compilation cache, ``--compilation_cache``, keeps those across restarts). Raises the
-        warm-up's own error (e.g. an unreadable prompt)."""
+        ``batch_size``), run on the worker thread; with ``tokens``, also one such batch per code count in it
+        (``target_tokens``: the code, latent, S2M and vocoder length buckets of outputs that long; e.g. the
+        lengths the service expects, ~50 codes per second). Returns one row per batch: ``{"batch", "tokens"
+        (None: the free-running sentence), "seconds", "new_compiles"}``. Other lengths still meet their own
+        buckets on first use (a persistent compilation cache, ``--compilation_cache``, keeps those across
+        restarts). Raises the warm-up's own error (e.g. an unreadable prompt)."""
         from indextts2_jax.infer.pipeline import batch_bucket
 
         sizes = sorted({min(1 << i, self.batch_size) for i in range(batch_bucket(self.batch_size).bit_length())})
@@ -243,12 +246,14 @@ class SynthesisService:
         rows: list[dict] = []
 
         def run() -> None:
-            for b in sizes:
-                t = time.perf_counter()
-                report = self.tts.synthesize_batch([dict(job) for _ in range(b)], batch_size=self.batch_size,
-                                                   **(sampling or {}))[-1][2]["batch"]
-                rows.append({"batch": b, "seconds": round(time.perf_counter() - t, 3),
-                             "new_compiles": report.get("new_compiles")})
+            for n in (None, *tokens):
+                for b in sizes:
+                    t = time.perf_counter()
+                    jobs = [dict(job) if n is None else dict(job, target_tokens=int(n)) for _ in range(b)]
+                    report = self.tts.synthesize_batch(jobs, batch_size=self.batch_size,
+                                                       **(sampling or {}))[-1][2]["batch"]
+                    rows.append({"batch": b, "tokens": n, "seconds": round(time.perf_counter() - t, 3),
+                                 "new_compiles": report.get("new_compiles")})
 
         if not self._worker.is_alive():
             raise RuntimeError("the service is closed: warm_up needs its worker thread")
