@@ -66,14 +66,18 @@ def peak_memory() -> str:
 
 
 def compile_program(model, settings: DecodeConfig, inputs: tuple):
-    """AOT-compile the whole generate program; returns (a no-argument runner, compile seconds, the work
-    instructions of its largest loop body: ~kernel launches per decode step on a GPU, ``loop_step_ops``)."""
+    """AOT-compile the whole generate program; returns (a no-argument runner, compile seconds, the compiled
+    program)."""
     static, knobs = _split(settings)
     t0 = time.perf_counter()
     program = _generate_jit.lower(model, static, knobs, *inputs).compile()
-    compile_s = time.perf_counter() - t0
-    loops = loop_step_ops(program.as_text() or "")
-    return (lambda: program(knobs, *inputs)), compile_s, max((sum(c.values()) for c in loops), default=0)
+    return (lambda: program(knobs, *inputs)), time.perf_counter() - t0, program
+
+
+def step_ops(program) -> int:
+    """Work instructions of a compiled program's largest loop body (``loop_step_ops``): ~kernel launches per
+    decode step on a GPU."""
+    return max((sum(c.values()) for c in loop_step_ops(program.as_text() or "")), default=0)
 
 
 def timed(fn, repeats: int):
@@ -114,7 +118,7 @@ def run(args) -> list[dict]:
         key = jax.random.PRNGKey(1)
 
         inputs = (params, conds, text, lengths, key, target)
-        full, compile_s, step_ops = compile_program(model, decode, inputs)
+        full, compile_s, program = compile_program(model, decode, inputs)
         out, times = timed(full, args.repeats)
         assert (np.asarray(out.lengths) == n).all(), "exact-count mode did not give N codes"
         first_code, _, _ = compile_program(model, first, inputs)  # the same program stopped after one code
@@ -124,7 +128,7 @@ def run(args) -> list[dict]:
         mode += "+sample" if args.sample else ""
         rows.append({
             "batch": batch, "mode": mode, "stage codes": stage_codes, "compile s": f"{compile_s:.2f}",
-            "ops/step": step_ops, "ttft s": f"{statistics.median(ttft):.4f}",
+            "ops/step": step_ops(program), "ttft s": f"{statistics.median(ttft):.4f}",
             "decode s": f"{decode_s:.3f}", "tok/s/seq": f"{n / decode_s:.1f}", "tok/s": f"{batch * n / decode_s:.1f}",
             "peak mem": peak_memory(),
         })
