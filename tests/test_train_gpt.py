@@ -48,18 +48,21 @@ def data(tmp_path_factory):
             "cache": root / "jax_cache"}
 
 
-def _spawn(data, workdir, steps=STEPS, mesh="-1,1,1", devices=1, slow=0.0, stop=0, shards=None, every=4):
+def _spawn(data, workdir, steps=STEPS, mesh="-1,1,1", devices=1, slow=0.0, stop=0, shards=None, every=4,
+           **overrides):
     return spawn_stage("gpt", workdir, shards or data["shards"], steps, codec=data["codec"], mesh=mesh,
-                       devices=devices, slow=slow, stop=stop, overrides={**OVERRIDES, "checkpoint.every_steps": every},
-                       cache_dir=data["cache"])
+                       devices=devices, slow=slow, stop=stop,
+                       overrides={**OVERRIDES, "checkpoint.every_steps": every, **overrides}, cache_dir=data["cache"])
 
 
 @pytest.fixture(scope="module")
 def runs(data):
-    """The uninterrupted one-device reference run and the first steps of the 8-device (2,2,2) run, in parallel."""
+    """The uninterrupted one-device reference run and the first steps of the 8-device (2,2,2) run, in parallel.
+    The sharded run also rematerialises the GPT blocks and attends through jax.nn.dot_product_attention (the
+    memory options, numerically the default's): both must hold under SPMD as well."""
     ref, sharded = data["root"] / "ref", data["root"] / "sharded"
     one = _spawn(data, ref, every=STEPS)  # saves cost ~0.7 s each; the reference needs none (same program)
-    eight = _spawn(data, sharded, mesh="2,2,2", devices=8, stop=8)
+    eight = _spawn(data, sharded, mesh="2,2,2", devices=8, stop=8, **{"gpt.remat": "dots", "gpt.attention": "xla"})
     o1, _ = one.communicate(timeout=600)
     o8, _ = eight.communicate(timeout=600)
     assert one.returncode == 0, o1[-3000:]
