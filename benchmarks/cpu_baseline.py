@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import call_times
+from benchmarks.common import call_times, random_like
 
 STAGES = ("w2v_bert", "codec", "campplus", "speaker_cond", "emotion_cond", "gpt_prefill", "gpt_greedy",
           "gpt_greedy_500", "gpt_beam3", "gpt_beam3_500", "gpt_latent", "s2mel_step", "s2mel", "bigvgan")
@@ -41,20 +41,6 @@ def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(first call seconds = compile + run, median of ``repeats`` later calls)."""
     first, times = call_times(fn, repeats)
     return first, statistics.median(times)
-
-
-def _random_like(abstract, seed: int):
-    """Random params for an abstract tree: normal(0, 0.02), 1-D leaves around 1 (gains), made on device."""
-    leaves, treedef = jax.tree.flatten(abstract)
-
-    @jax.jit
-    def make(key):
-        keys = jax.random.split(key, len(leaves))
-        out = [0.02 * jax.random.normal(k, x.shape, jnp.float32) + (1.0 if len(x.shape) == 1 else 0.0)
-               for k, x in zip(keys, leaves)]
-        return jax.tree.unflatten(treedef, [o.astype(x.dtype) for o, x in zip(out, leaves)])
-
-    return make(jax.random.key(seed))
 
 
 class Bench:
@@ -99,7 +85,7 @@ class Bench:
         w_cfg, c_cfg = SIZES["tiny" if self.tiny else "official"]
         wave16 = self.wave(16000, self.prompt_seconds)
         layers = w_cfg.layers_for_embedding
-        params = w2v_bert.init_params(w_cfg, jax.random.key(0), num_layers=layers)
+        params = random_like(w2v_bert._abstract_params(w_cfg, layers), 0)
         model = w2v_bert.W2VBert(w_cfg, num_layers=layers)
         mean = jnp.zeros((w_cfg.hidden_size,))
         var = jnp.ones((w_cfg.hidden_size,))
@@ -118,7 +104,7 @@ class Bench:
             first, t = _median_time(run, self.repeats)
             self.add("w2v_bert", f"{self.prompt_seconds:g} s prompt -> {tuple(hidden.shape)}", t, first - t)
         if "codec" in stages:
-            c_params = sc.init_params(c_cfg, jax.random.key(1))
+            c_params = random_like(sc._abstract_params(c_cfg), 1)
             mask = jnp.ones(hidden.shape[:2], bool)
             first, t = _median_time(lambda: sc.codec_quantize(c_params, hidden, c_cfg, mask), self.repeats)
             self.add("codec", f"{tuple(hidden.shape)} -> codes", t, first - t)
@@ -130,7 +116,7 @@ class Bench:
         from indextts2_jax.models import campplus
 
         cfg = tiny_configs()[0] if self.tiny else campplus.CAMPPlusConfig()
-        variables = campplus.init_variables(cfg, jax.random.key(0))
+        variables = random_like(campplus.abstract_variables(cfg), 0)
         model = campplus.CAMPPlus(cfg)
         fwd = jax.jit(lambda v, f: model.apply(v, f))
         wave16 = self.wave(16000, self.prompt_seconds)
@@ -149,7 +135,7 @@ class Bench:
 
         cfg = self.gpt_config()
         model = UnifiedVoice(cfg)
-        params = _random_like(abstract_params(cfg), 0)
+        params = random_like(abstract_params(cfg), 0)
         feat_dim = cfg.condition_input_size
         t_prompt = hidden.shape[1]
         feats = jnp.asarray(self.rng.normal(size=(1, t_prompt, feat_dim)), jnp.float32)
@@ -233,7 +219,7 @@ class Bench:
 
         cfg = tiny_config() if self.tiny else s2mel.S2MelConfig()
         target, prompt = (40, 20) if self.tiny else (860, 258)
-        params = s2mel.init_params(cfg, jax.random.key(0))["estimator"]
+        params = random_like(s2mel.abstract_params(cfg)["estimator"], 0)
         key = jax.random.split(jax.random.key(1), 4)
         t_len = target + prompt
         if "s2mel_step" in stages:

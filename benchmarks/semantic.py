@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import call_times, peak_memory_bytes
+from benchmarks.common import call_times, peak_memory_bytes, random_like
 from indextts2_jax.models import semantic_codec as sc
 from indextts2_jax.models import w2v_bert
 
@@ -83,9 +83,9 @@ def _time(compiled, args, repeats: int) -> float:
 def run(size: str, batches, seconds: float, dtype_name: str, repeats: int, stages) -> list[dict]:
     w2v_cfg, codec_cfg = SIZES[size]
     dtype = jnp.dtype(dtype_name)
-    key_w, key_c = jax.random.split(jax.random.key(0))
-    w2v_params = w2v_bert.init_params(w2v_cfg, key_w, num_layers=w2v_cfg.layers_for_embedding)
-    codec_params = sc.init_params(codec_cfg, key_c)
+    # random weights leaf by leaf (a jitted model init peaked at ~3x the params: it would set "peak")
+    w2v_params = random_like(w2v_bert._abstract_params(w2v_cfg, w2v_cfg.layers_for_embedding), 0)
+    codec_params = random_like(sc._abstract_params(codec_cfg), 1)
     if dtype != jnp.float32:  # store weights in the compute dtype (inference)
         w2v_params = jax.tree.map(lambda x: x.astype(dtype), w2v_params)
         codec_params = jax.tree.map(lambda x: x.astype(dtype), codec_params)

@@ -1,15 +1,16 @@
 """The GPU-lease plan's one command (benchmarks/targets.py) must not break silently between leases: its GPT decode
 target, in smoke mode (tiny model, float32, CPU), runs through the benchmark script and reports its check; the
 train-step target's arguments parse (it runs in ~20 s with ``--smoke --only train_step``); the fused-attention
-fallback measures einsum attention when the fused call raises."""
+fallback measures einsum attention when the fused call raises; the benchmarks' random params fill their shapes."""
 
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from benchmarks.common import loop_step_ops
+from benchmarks.common import loop_step_ops, random_like
 from benchmarks.targets import TARGETS, _fused_first, _gpt_decode, train_step_args
 
 
@@ -74,3 +75,20 @@ def test_cudnn_probe_says_why_on_a_cpu():
     if jax.default_backend() != "cpu":
         pytest.skip("a CPU-only check: no cuDNN there")
     assert _cudnn_probe().startswith("cudnn attention probe failed")
+
+
+def test_random_like_fills_an_abstract_tree_leaf_by_leaf():
+    abstract = {"dense": {"kernel": jax.ShapeDtypeStruct((64, 32), jnp.float32),
+                          "bias": jax.ShapeDtypeStruct((32,), jnp.float32)},
+                "table": jax.ShapeDtypeStruct((64, 32), jnp.bfloat16)}
+    params = random_like(abstract, seed=3)
+    assert jax.tree.structure(params) == jax.tree.structure(abstract)
+    for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(abstract)):
+        assert p.shape == a.shape and p.dtype == a.dtype
+    kernel, bias = np.asarray(params["dense"]["kernel"]), np.asarray(params["dense"]["bias"])
+    assert abs(kernel.std() - 0.02) < 0.003 and abs(kernel.mean()) < 0.003
+    assert abs(bias.mean() - 1.0) < 0.02  # 1-D leaves are gains around 1
+    # leaves of one shape differ (a key per leaf); the same seed gives the same values, another seed others
+    assert not np.array_equal(kernel, np.asarray(params["table"], np.float32))
+    np.testing.assert_array_equal(kernel, np.asarray(random_like(abstract, seed=3)["dense"]["kernel"]))
+    assert not np.array_equal(kernel, np.asarray(random_like(abstract, seed=4)["dense"]["kernel"]))
