@@ -119,6 +119,16 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.mesh = mesh_config()
     c.logical_axis_rules = LOGICAL_AXIS_RULES
 
+    # The train step's memory per device (XLA's memory analysis of each compiled step: arguments + outputs +
+    # temporaries - donated) against a budget: limit_gb, or 0 = the device's own limit where it reports one
+    # (GPU, TPU; a CPU reports none: no check). Over it, the run stops before its first step with the knobs to
+    # turn, instead of an out-of-memory error whenever the bucket first comes up.
+    c.memory = ml_collections.ConfigDict()
+    c.memory.limit_gb = 0.0
+    # Also compile (and check) the largest length bucket's step before the first step: the run meets its
+    # largest batch at once instead of at a random later step (one more compile at start).
+    c.memory.precompile_largest_bucket = False
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000
     c.checkpoint.keep = 3

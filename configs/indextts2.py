@@ -136,6 +136,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.global_batch_size = args.batch
     c.total_steps = args.steps
     c.compute_dtype = args.dtype
+    # official lengths reach ~2450 GPT positions: meet the largest bucket (and the memory check) at start
+    c.memory.precompile_largest_bucket = True
     c.model = official_model_config()
     c.aux = official_aux_config()
     c.inference = inference_defaults()

@@ -164,3 +164,18 @@ def test_stage_freeze_regexes():
     assert any("emo" in r for r in stage_freeze(3))
     with pytest.raises(ConfigError):
         stage_freeze(4)
+
+
+def test_largest_batch_has_the_largest_bucket_shapes(data):
+    from indextts2_jax.train.recipe import tiny_config
+    from indextts2_jax.train.tasks import get_task
+
+    c = tiny_config("gpt", data["shards"], 1)  # buckets (32, 64)
+    c.codec_checkpoint = str(data["codec"])
+    task = get_task(c)
+    shapes = task.pipeline("train", num_workers=0).batch_shapes()
+    assert len(shapes) == 2 and shapes[0] != shapes[1]
+    assert {k: v.shape for k, v in task.largest_batch().items()} == shapes[-1]
+    assert {k: v.shape for k, v in task.example_batch().items()} == shapes[0]
+    c.data.length_buckets = (64,)
+    assert get_task(c).largest_batch() is None  # one bucket: nothing larger than what the run meets

@@ -1,5 +1,6 @@
 """The generic trainer on a toy task: loss falls, an interrupted and resumed run equals an uninterrupted
-one, freezing by regex, NaN stop, phases (one compiled step per phase, also after a resume)."""
+one, freezing by regex, NaN stop, phases (one compiled step per phase, also after a resume), the train step's
+memory budget and the largest bucket compiled at start."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from indextts2_jax.train.trainer import NonFiniteLossError, train
+from indextts2_jax.train.trainer import NonFiniteLossError, StepMemoryError, step_memory_bytes, train
 from tests.toy_task import ToyTask, toy_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +130,46 @@ def test_compiles_the_buckets_the_run_meets_once_each(tmp_path, caplog):
     with _CompileLog(caplog) as compiles:
         train(cfg10, str(tmp_path), BucketedToyTask(cfg10))
     assert compiles.count("train_step") == len(set(met[8:])), met
+
+
+def test_largest_bucket_compiled_at_start_with_precompile(tmp_path, caplog):
+    class Largest(BucketedToyTask):
+        def largest_batch(self):
+            b = super().example_batch()
+            return {**b, "pad": np.zeros((b["x"].shape[0], 8), np.float32)}
+
+    cfg = toy_config(steps=1, **{"log.eval_every_steps": 100})
+    first = next(Largest(cfg).train_iterator(0, 1))["pad"].shape[1]
+    assert first == 4  # the one step meets the small bucket only (the data decides; the seed is fixed)
+    with _CompileLog(caplog) as compiles:
+        train(cfg, str(tmp_path / "default"), Largest(cfg))
+    assert compiles.count("train_step") == 1
+    cfg.memory.precompile_largest_bucket = True
+    with _CompileLog(caplog) as compiles:
+        train(cfg, str(tmp_path / "precompiled"), Largest(cfg))
+    assert compiles.count("train_step") == 2  # the met bucket and L = 8, before the step
+
+
+def test_step_over_the_memory_budget_stops_before_its_first_step(tmp_path, caplog):
+    cfg = toy_config(steps=4, **{"memory.limit_gb": 1e-6})  # ~1 KiB: the toy step holds more
+    with pytest.raises(StepMemoryError, match=r"needs [0-9.]+ GiB per device .* budget is 0\.00 GiB") as err:
+        train(cfg, str(tmp_path / "over"), ToyTask(cfg))
+    assert "global_batch_size" in str(err.value) and "mesh.fsdp" in str(err.value)
+    assert not (tmp_path / "over" / "metrics.jsonl").exists() or not _losses(tmp_path / "over")  # no step ran
+    # within budget (the device's own limit on a GPU/TPU; a CPU reports none): trains, and logs the need
+    cfg = toy_config(steps=4, **{"memory.limit_gb": 1.0})
+    caplog.set_level("INFO", logger="indextts2_jax.train")
+    train(cfg, str(tmp_path / "fits"), ToyTask(cfg))
+    assert max(_losses(tmp_path / "fits")) == 4
+    assert any("train step memory per device" in r.getMessage() for r in caplog.records)
+
+
+def test_step_memory_counts_donated_buffers_once():
+    f = jax.jit(lambda x: x * 2, donate_argnums=0)
+    donated = step_memory_bytes(f.lower(jnp.ones((1024, 256))).compile())
+    kept = step_memory_bytes(jax.jit(lambda x: x * 2).lower(jnp.ones((1024, 256))).compile())
+    assert kept == pytest.approx(2 * 1024 * 256 * 4, rel=0.01)  # input + output
+    assert donated == pytest.approx(1024 * 256 * 4, rel=0.01)  # the output reuses the input
 
 
 class PhasedToyTask(ToyTask):

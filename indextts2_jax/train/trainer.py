@@ -2,8 +2,9 @@
 
 Order (DESIGN.md "Training habits"): logging, mesh, input, ``jax.eval_shape`` of params and
 optimizer state, shardings from the abstract shapes, jitted init straight into those shardings,
-resume, the jitted step compiled ahead for the first batch (memory analysis logged; each new length bucket
-or phase compiled once, when the run meets it), evals, loop.
+resume, the jitted step compiled ahead for the first batch (memory analysis logged and checked against
+``config.memory``; each new length bucket or phase compiled once, when the run meets it, or the largest
+bucket at start with ``memory.precompile_largest_bucket``), evals, loop.
 
 A task whose step changes form during training (the vocoder's mel-only warm-up) names the steps where
 its phases start (:meth:`Task.phase_starts`); the trainer compiles one step per phase, the first ahead
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from indextts2_jax import sharding
+from indextts2_jax.errors import ConfigError
 from indextts2_jax.train.optim import make_optimizer
 
 log = logging.getLogger("indextts2_jax.train")
@@ -44,6 +46,49 @@ log = logging.getLogger("indextts2_jax.train")
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; training stops without saving the broken state."""
+
+
+class StepMemoryError(ConfigError):
+    """A compiled train step needs more memory per device than the budget (``config.memory``)."""
+
+
+def memory_limit_bytes(config) -> float | None:
+    """The per-device budget of a train step: ``config.memory.limit_gb`` (GiB) when set, else the first local
+    device's ``bytes_limit`` where its backend reports one (GPU, TPU), else None (no check: a CPU)."""
+    gb = float(config.get("memory", {}).get("limit_gb", 0.0) or 0.0)
+    if gb > 0:
+        return gb * 2**30
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    limit = (stats or {}).get("bytes_limit")
+    return float(limit) if limit else None
+
+
+def step_memory_bytes(compiled) -> float | None:
+    """Bytes per device that a compiled step holds at its peak, by XLA's memory analysis: arguments + outputs
+    + temporaries - aliased (donated) buffers. None where the backend gives no analysis."""
+    try:
+        ma = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if ma is None:
+        return None
+    return float(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+                 - ma.alias_size_in_bytes)
+
+
+def check_step_memory(compiled, limit: float | None, what: str, hints: str = "") -> float | None:
+    """Raise :class:`StepMemoryError` when ``compiled`` needs more than ``limit`` bytes per device; returns the
+    bytes it needs (None: unknown). ``what`` names the step (phase, batch shapes) in the message."""
+    need = step_memory_bytes(compiled)
+    if limit is None or need is None or need <= limit:
+        return need
+    raise StepMemoryError(
+        f"the train step for {what} needs {need / 2**30:.2f} GiB per device (XLA's memory analysis) but the "
+        f"budget is {limit / 2**30:.2f} GiB (config.memory.limit_gb, else the device's limit). To lower it: a "
+        "smaller global_batch_size (with grad_accum_steps for the same batch per update), a smaller largest "
+        "data.length_buckets, compute_dtype='bfloat16', more devices on mesh.fsdp"
+        + (f"; this stage: {hints}" if hints else "") + ".")
 
 
 @flax.struct.dataclass
@@ -67,6 +112,15 @@ class Task:
     def example_batch(self) -> dict[str, np.ndarray]:
         """A local batch with the shapes used for init (the first bucket)."""
         raise NotImplementedError
+
+    def largest_batch(self) -> dict[str, np.ndarray] | None:
+        """A local batch of the largest shapes the run can meet (``config.memory.precompile_largest_bucket``
+        compiles its step at start); None (default): the task has no larger batch than the ones it meets."""
+        return None
+
+    def memory_hints(self) -> str:
+        """The stage's own options that lower a train step's memory, for the over-budget error."""
+        return ""
 
     def init_params(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Any:
         """Params (may be boxed with logical axis names)."""
@@ -278,6 +332,7 @@ def _train(config, workdir: str, task: Task, stop_after_steps: int | None, clean
     rng = jax.random.key(int(config.seed))
     init_rng, step_rng = jax.random.split(rng)
     example_global = sharding.global_batch(example, mesh)
+    memory_limit = memory_limit_bytes(config)
 
     def init_state(r):
         params = task.init_params(r, example_global)
@@ -341,6 +396,11 @@ def _train(config, workdir: str, task: Task, stop_after_steps: int | None, clean
                     log.info("memory analysis: %s", executables[key].memory_analysis())
                 except Exception:  # not every backend reports it
                     pass
+                need = check_step_memory(executables[key], memory_limit, f"phase {phase}, batch {shapes}",
+                                         task.memory_hints())
+                if need is not None:
+                    log.info("train step memory per device: %.2f GiB (budget %s)", need / 2**30,
+                             "none" if memory_limit is None else f"{memory_limit / 2**30:.2f} GiB")
             return executables[key]
 
         step = int(state.step)
@@ -351,6 +411,9 @@ def _train(config, workdir: str, task: Task, stop_after_steps: int | None, clean
             local = next(train_iter)
             pending = (local, sharding.global_batch(local, mesh))
             executable_for(phase_at(starts, step), pending[1])
+            largest = task.largest_batch() if config.get("memory", {}).get("precompile_largest_bucket") else None
+            if largest is not None:  # the largest bucket now, not whenever the data first brings it
+                executable_for(phase_at(starts, step), sharding.global_batch(largest, mesh))
         eval_fn = eval_step_fn(task)  # one jitted evaluation for the run (a new one per call compiled anew)
 
         stop = {"signal": False}

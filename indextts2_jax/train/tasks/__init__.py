@@ -103,6 +103,17 @@ class PipelineTask(Task):
         entry = {"step": 0, "epoch": 0, "bucket": 0, "rows": np.full(p.plan.host_batch_size, -1, np.int64)}
         return p.assemble(entry)
 
+    def largest_batch(self) -> dict[str, np.ndarray] | None:
+        """A local all-padding batch of the largest bucket's shapes; None when that is the first bucket."""
+        import jax
+
+        p = self.pipeline("train", jax.process_index(), jax.process_count(), num_workers=0)
+        if len(p.plan.buckets) < 2:
+            return None
+        entry = {"step": 0, "epoch": 0, "bucket": len(p.plan.buckets) - 1,
+                 "rows": np.full(p.plan.host_batch_size, -1, np.int64)}
+        return p.assemble(entry)
+
     def dataset_meta(self) -> Mapping:
         path = os.path.join(self.shards, "dataset.json")
         return json.loads(Path(path).read_text()) if os.path.exists(path) else {}

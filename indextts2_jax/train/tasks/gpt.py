@@ -177,6 +177,10 @@ class GptTask(PipelineTask):
         self._non_embedding = None
 
     # -- params ---------------------------------------------------------------------------------
+    def memory_hints(self) -> str:
+        return ("gpt.remat='dots' or 'full' (recompute each block's activations in the backward), "
+                "gpt.attention='cudnn' (NVIDIA GPUs, bfloat16: no S x S attention buffers)")
+
     def _model_inputs(self, batch):
         f = batch["prompt_features"]
         return (f, batch["prompt_lengths"], f, batch["prompt_lengths"], batch["text_ids"], batch["text_lengths"],

@@ -178,6 +178,9 @@ class VocoderTask(PipelineTask):
         kw.setdefault("length_buckets", (self.segment_frames,))
         return super().pipeline(split, process_index, process_count, **kw)
 
+    def memory_hints(self) -> str:
+        return "vocoder.remat=True (recompute each AMP block in the backward), a shorter vocoder.segment_frames"
+
     def tokens_in_batch(self, batch: Mapping[str, np.ndarray]) -> int:
         """Mel frames generated per batch (rows x crop), for frames/s."""
         return int(batch["mel"].shape[0] * batch["mel"].shape[1])
