@@ -43,6 +43,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Resolve and print the config, write config.json, exit 0.")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Compile the train step for the first and the largest length bucket on the config's mesh "
+    "(abstract state: no init, no checkpoint), print each one's memory per device against the budget "
+    "(config.memory.limit_gb, else the device's limit) and its GFLOP, exit 0 (1 if one does not fit).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
                                    "host:port of process 0 (multi-host); default $JAX_COORDINATOR_ADDRESS.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0),
@@ -122,7 +126,19 @@ def main(argv: list[str]) -> int:
         log.info("persistent compilation cache: %s", compile_cache.enable(_COMPILATION_CACHE.value))
 
     from indextts2_jax.train.tasks import get_task
-    from indextts2_jax.train.trainer import train
+    from indextts2_jax.train.trainer import compile_report, train
+
+    if _COMPILE_ONLY.value:
+        report = compile_report(config, get_task(config))
+        budget = "none (no device limit reported)" if report["budget_gib"] is None else f"{report['budget_gib']} GiB"
+        print(f"stage {config.stage}: {report['params']} params, mesh {report['mesh']}, budget per device {budget}")
+        for row in report["steps"]:
+            fits = {None: "", True: "fits", False: "DOES NOT FIT"}[row["fits"]]
+            mem = "?" if row["memory_bytes"] is None else f"{row['memory_bytes'] / 2**30:.3f}"
+            shapes = {k: v for k, v in row["batch"].items() if len(v) > 1}  # the per-row scalars left out
+            print(f"  batch {shapes}: {mem} GiB per device, {row['flops'] / 1e9:.3g} GFLOP, "
+                  f"compiled in {row['compile_s']} s {fits}")
+        return 1 if any(row["fits"] is False for row in report["steps"]) else 0
 
     if config.get("init_from") and config.stage in ("gpt", "s2mel", "vocoder"):
         import importlib

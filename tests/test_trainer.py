@@ -235,3 +235,22 @@ def test_bad_phase_starts_refused(tmp_path):
 
 # The SIGKILL-and-restart and 8-device sharded-equals-single-device tests of the trainer run on the real
 # stages (tests/test_train_gpt.py, tests/test_train_codec.py), which exercise this same loop end to end.
+
+
+def test_compile_report_from_abstract_shapes(tmp_path):
+    from indextts2_jax.train.trainer import compile_report
+
+    class Largest(BucketedToyTask):
+        def largest_batch(self):
+            b = super().example_batch()
+            return {**b, "pad": np.zeros((b["x"].shape[0], 8), np.float32)}
+
+    cfg = toy_config(steps=4, **{"memory.limit_gb": 1.0})
+    report = compile_report(cfg, Largest(cfg))
+    assert report["params"] == 16 * 32 + 32 + 32 * 8 + 8 and report["budget_gib"] == 1.0
+    assert [r["batch"]["pad"] for r in report["steps"]] == [(16, 2), (16, 8)]  # the example and the largest
+    assert all(r["fits"] and 0 < r["memory_bytes"] < 2**20 and r["flops"] > 0 for r in report["steps"]), report
+    cfg.memory.limit_gb = 1e-6
+    assert [r["fits"] for r in compile_report(cfg, Largest(cfg))["steps"]] == [False, False]
+    cfg.memory.limit_gb = 0.0  # a CPU reports no limit: nothing to check against
+    assert [r["fits"] for r in compile_report(cfg, ToyTask(cfg))["steps"]] == [None]

@@ -295,6 +295,65 @@ def build_step(task: Task, tx, schedule, phase: int = 0):
     return train_step
 
 
+def _phases_and_optimizer(config, task: Task):
+    """(phase start steps, optax transformation, learning-rate schedule) of a run."""
+    total_steps = int(config.total_steps)
+    starts = tuple(int(s) for s in task.phase_starts())
+    if list(starts) != sorted(set(starts)) or (starts and starts[0] <= 0):
+        raise ValueError(f"{type(task).__name__}.phase_starts() = {starts}: expected increasing steps > 0")
+    custom = task.make_optimizer(total_steps)
+    tx, schedule = custom if custom is not None else make_optimizer(
+        config.optimizer, total_steps, tuple(config.freeze), int(config.grad_accum_steps))
+    return starts, tx, schedule
+
+
+def _state_initializer(task: Task, tx, example_global):
+    def init_state(r):
+        params = task.init_params(r, example_global)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return init_state
+
+
+def _jit_step(task: Task, tx, schedule, phase: int, state_shardings):
+    return jax.jit(build_step(task, tx, schedule, phase), out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
+def compile_report(config, task: Task) -> dict[str, Any]:
+    """Compile the train step (phase 0) for the first and the largest length bucket from abstract shapes, on
+    the config's mesh, without initializing or reading any state; returns ``{"budget_gib", "params",
+    "steps": [{"batch": shapes, "memory_bytes", "fits", "compile_s", "flops"}]}`` (memory per device by XLA's
+    analysis; ``fits`` None where there is no budget or no analysis). ``experiments.train --compile_only``."""
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rules = sharding.rules_from_config(config.logical_axis_rules)
+    _, tx, schedule = _phases_and_optimizer(config, task)
+    init_rng, step_rng = jax.random.split(jax.random.key(int(config.seed)))
+    example_global = sharding.global_batch(task.example_batch(), mesh)
+    abstract_state, state_shardings = sharding.state_shardings(_state_initializer(task, tx, example_global), mesh,
+                                                               rules, init_rng)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+                         state_shardings)
+    limit = memory_limit_bytes(config)
+    batches = [task.example_batch(), task.largest_batch()]
+    steps = []
+    with sharding.use_mesh(mesh, rules):
+        fn = _jit_step(task, tx, schedule, 0, state_shardings)
+        for local in [b for b in batches if b is not None]:
+            batch = sharding.global_batch(local, mesh)  # an all-padding batch: only its shapes matter
+            t0 = time.perf_counter()
+            compiled = fn.lower(state, batch, step_rng).compile()
+            need = step_memory_bytes(compiled)
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            steps.append({"batch": {k: tuple(v.shape) for k, v in batch.items()},
+                          "memory_bytes": None if need is None else int(need),
+                          "fits": None if need is None or limit is None else bool(need <= limit),
+                          "compile_s": round(time.perf_counter() - t0, 1),
+                          "flops": float((cost or {}).get("flops", 0.0))})
+    return {"budget_gib": None if limit is None else round(limit / 2**30, 3), "mesh": dict(mesh.shape),
+            "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params)), "steps": steps}
+
+
 def train(config, workdir: str, task: Task, *, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train ``task`` under ``config`` in ``workdir``; returns a summary (last metrics, steps).
 
@@ -323,21 +382,12 @@ def _train(config, workdir: str, task: Task, stop_after_steps: int | None, clean
 
     # Abstract state and shardings; init straight into them.
     total_steps = int(config.total_steps)
-    starts = tuple(int(s) for s in task.phase_starts())
-    if list(starts) != sorted(set(starts)) or (starts and starts[0] <= 0):
-        raise ValueError(f"{type(task).__name__}.phase_starts() = {starts}: expected increasing steps > 0")
-    custom = task.make_optimizer(total_steps)
-    tx, schedule = custom if custom is not None else make_optimizer(
-        config.optimizer, total_steps, tuple(config.freeze), int(config.grad_accum_steps))
+    starts, tx, schedule = _phases_and_optimizer(config, task)
     rng = jax.random.key(int(config.seed))
     init_rng, step_rng = jax.random.split(rng)
     example_global = sharding.global_batch(example, mesh)
     memory_limit = memory_limit_bytes(config)
-
-    def init_state(r):
-        params = task.init_params(r, example_global)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
+    init_state = _state_initializer(task, tx, example_global)
     abstract_state, state_shardings = sharding.state_shardings(init_state, mesh, rules, init_rng)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     log.info("stage %s: %d params on mesh %s", task.name, num_params, dict(mesh.shape))
@@ -375,8 +425,7 @@ def _train(config, workdir: str, task: Task, stop_after_steps: int | None, clean
 
         def step_fn_of(phase: int):
             if phase not in step_fns:
-                step_fns[phase] = jax.jit(build_step(task, tx, schedule, phase),
-                                          out_shardings=(state_shardings, None), donate_argnums=(0,))
+                step_fns[phase] = _jit_step(task, tx, schedule, phase, state_shardings)
                 if phase:
                     log.info("phase %d of %s from step %d: compiling its train step", phase, task.name,
                              starts[phase - 1])
