@@ -254,3 +254,36 @@ def test_compile_report_from_abstract_shapes(tmp_path):
     assert [r["fits"] for r in compile_report(cfg, Largest(cfg))["steps"]] == [False, False]
     cfg.memory.limit_gb = 0.0  # a CPU reports no limit: nothing to check against
     assert [r["fits"] for r in compile_report(cfg, ToyTask(cfg))["steps"]] == [None]
+
+
+def test_init_from_loads_the_params_without_a_random_init(tmp_path):
+    import orbax.checkpoint as ocp
+
+    class Counting(ToyTask):
+        traces = 0
+
+        def init_params(self, rng, batch):
+            type(self).traces += 1
+            return super().init_params(rng, batch)
+
+    cfg = toy_config(steps=2, **{"optimizer.learning_rate": 0.0, "optimizer.weight_decay": 0.0})
+    saved = nn.unbox(ToyTask(cfg).init_params(jax.random.key(7), ToyTask(cfg).example_batch()))
+    saved = jax.tree.map(lambda x: x + 0.5, saved)  # not what a random init gives
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(tmp_path / "init", saved)
+    ckpt.wait_until_finished()
+    cfg.init_from = str(tmp_path / "init")
+    train(cfg, str(tmp_path / "wd"), Counting(cfg))
+    assert Counting.traces == 1  # traced once for the shapes (jax.eval_shape), never run
+    # learning rate 0: the trained params are the loaded ones
+    restored = ocp.StandardCheckpointer().restore(tmp_path / "wd" / "checkpoints" / "2" / "state")
+    got = restored["params"] if "params" in restored else restored
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_stages_name_their_memory_options():
+    from indextts2_jax.train.tasks import task_class
+
+    for stage, key in (("gpt", "gpt.remat"), ("s2mel", "s2mel.attention"), ("vocoder", "vocoder.remat")):
+        assert key in task_class(stage).memory_hints(None), stage  # plain methods: the error message calls them

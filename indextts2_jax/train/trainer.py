@@ -412,13 +412,14 @@ def _train(config, workdir: str, task: Task, stop_after_steps: int | None, clean
             state = _restore(other, start, abstract_with_sharding, train_iter)
             log.info("resumed from config.resume=%s at step %d", config.resume, start)
         else:
-            state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)(init_rng)
-            if config.get("init_from"):
-                state = state.replace(params=_load_init_params(config.init_from, task, abstract_state.params,
-                                                                 state_shardings.params))
-                state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_shardings.opt_state)(
-                    state.params))
+            if config.get("init_from"):  # the whole params tree comes from the checkpoint: no random init
+                params = _load_init_params(config.init_from, task, abstract_state.params, state_shardings.params)
+                state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step),
+                                   params=params,
+                                   opt_state=jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params))
                 log.info("initialized params from %s", config.init_from)
+            else:
+                state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)(init_rng)
 
         step_fns: dict[int, Any] = {}
         executables: dict[tuple, Any] = {}

@@ -205,11 +205,11 @@ class S2melTask(PipelineTask):
         self._sample_fn = None
         self._vocoder = None
 
-    # -- data -----------------------------------------------------------------------------------
-    @property
     def memory_hints(self) -> str:
         return "s2mel.attention='cudnn' (NVIDIA GPUs, bfloat16: no T x T attention buffers in the DiT)"
 
+    # -- data -----------------------------------------------------------------------------------
+    @property
     def pipeline_stage(self) -> str:
         return "s2mel_gpt" if self._gpt is not None else "s2mel"
 
