@@ -69,8 +69,8 @@ def step_ops(program) -> int:
 
 
 def timed(fn, repeats: int):
-    """(outputs, seconds of each of ``repeats`` calls) after one untimed warm-up call: an AOT-compiled
-    XLA:CPU program's first run was measured 1.8x slower than the next ones (8.7 vs 4.8 s, 100 codes)."""
+    """(outputs, seconds of each of ``repeats`` calls) after one untimed warm-up call (the first call also
+    waits for whatever was dispatched before it, e.g. the random weights; measured up to +4 s at 100 codes)."""
     out = fn()
     jax.block_until_ready(out.codes)
     times = []
