@@ -328,13 +328,13 @@ def compile_report(config, task: Task) -> dict[str, Any]:
     rules = sharding.rules_from_config(config.logical_axis_rules)
     _, tx, schedule = _phases_and_optimizer(config, task)
     init_rng, step_rng = jax.random.split(jax.random.key(int(config.seed)))
-    example_global = sharding.global_batch(task.example_batch(), mesh)
-    abstract_state, state_shardings = sharding.state_shardings(_state_initializer(task, tx, example_global), mesh,
-                                                               rules, init_rng)
+    example = task.example_batch()
+    abstract_state, state_shardings = sharding.state_shardings(
+        _state_initializer(task, tx, sharding.global_batch(example, mesh)), mesh, rules, init_rng)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
                          state_shardings)
     limit = memory_limit_bytes(config)
-    batches = [task.example_batch(), task.largest_batch()]
+    batches = [example, task.largest_batch()]
     steps = []
     with sharding.use_mesh(mesh, rules):
         fn = _jit_step(task, tx, schedule, 0, state_shardings)

@@ -97,22 +97,21 @@ class PipelineTask(Task):
 
     def example_batch(self) -> dict[str, np.ndarray]:
         """A local all-padding batch of the first bucket's shapes (this host's share of the batch)."""
-        import jax
-
-        p = self.pipeline("train", jax.process_index(), jax.process_count(), num_workers=0)
-        entry = {"step": 0, "epoch": 0, "bucket": 0, "rows": np.full(p.plan.host_batch_size, -1, np.int64)}
-        return p.assemble(entry)
+        return self._padding_batch(largest=False)
 
     def largest_batch(self) -> dict[str, np.ndarray] | None:
         """A local all-padding batch of the largest bucket's shapes; None when that is the first bucket."""
+        return self._padding_batch(largest=True)
+
+    def _padding_batch(self, largest: bool) -> dict[str, np.ndarray] | None:
         import jax
 
         p = self.pipeline("train", jax.process_index(), jax.process_count(), num_workers=0)
-        if len(p.plan.buckets) < 2:
+        if largest and len(p.plan.buckets) < 2:
             return None
-        entry = {"step": 0, "epoch": 0, "bucket": len(p.plan.buckets) - 1,
-                 "rows": np.full(p.plan.host_batch_size, -1, np.int64)}
-        return p.assemble(entry)
+        bucket = len(p.plan.buckets) - 1 if largest else 0
+        rows = np.full(p.plan.host_batch_size, -1, np.int64)
+        return p.assemble({"step": 0, "epoch": 0, "bucket": bucket, "rows": rows})
 
     def dataset_meta(self) -> Mapping:
         path = os.path.join(self.shards, "dataset.json")
