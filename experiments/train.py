@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
             fits = {None: "", True: "fits", False: "DOES NOT FIT"}[row["fits"]]
             mem = "?" if row["memory_bytes"] is None else f"{row['memory_bytes'] / 2**30:.3f}"
             shapes = {k: v for k, v in row["batch"].items() if len(v) > 1}  # the per-row scalars left out
-            print(f"  batch {shapes}: {mem} GiB and {row["flops"] / 1e9:.3g} GFLOP per device, "
+            print(f"  batch {shapes}: {mem} GiB and {row['flops'] / 1e9:.3g} GFLOP per device, "
                   f"compiled in {row['compile_s']} s {fits}")
         return 1 if any(row["fits"] is False for row in report["steps"]) else 0
 
