@@ -37,13 +37,15 @@ import time
 from pathlib import Path
 
 from indextts2_jax.train.recipe import DEMO_STAGES as DEMO_ORDER
+from indextts2_jax.train.recipe import apply_overrides
 
 
 def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_workers: int | None = None,
         stages: tuple[str, ...] = DEMO_ORDER, steps: dict[str, int] | None = None, batch: int | None = None,
-        synth_limit: int | None = None, diagnose: bool = True) -> dict:
+        synth_limit: int | None = None, diagnose: bool = True, overrides: dict | None = None) -> dict:
     """The recipe (see the module docstring); ``steps`` maps a stage to its step count (default: the config's),
-    ``synth_limit`` caps the held-out sentences synthesized; ``diagnose`` adds the stage-wise diagnosis runs.
+    ``synth_limit`` caps the held-out sentences synthesized; ``diagnose`` adds the stage-wise diagnosis runs;
+    ``overrides`` sets dotted config keys of every training stage (e.g. ``{"log.num_eval_batches": 0}``).
     Returns the summary (also ``summary.json``)."""
     steps = dict(steps or {})
     from configs import demo
@@ -95,6 +97,7 @@ def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_wor
         c = demo.get_config(f"stage={stage},scale={scale}")
         c.data.manifest = str(manifest)
         c.model.dataset.bpe_model = str(bpe)
+        apply_overrides(c, overrides)
         (cfg_dir / f"{stage}.json").write_text(json.dumps(c.to_dict(), indent=2, sort_keys=True, default=str))
     summary["steps"]["configs"] = {"dir": str(cfg_dir)}
 
@@ -112,7 +115,7 @@ def run(workdir: str, num_utterances: int | None = None, scale: int = 1, num_wor
         result = run_demo_stages(out / "stages", manifest=train_manifest, bpe_model=bpe, scale=scale,
                                  codec_steps=steps.get("codec"), gpt_steps=steps.get("gpt"),
                                  s2mel_steps=steps.get("s2mel"), vocoder_steps=steps.get("vocoder"), batch=batch,
-                                 num_workers=0, stages=tuple(stages))
+                                 num_workers=0, stages=tuple(stages), overrides=overrides)
         summary["steps"]["train"] = {"seconds": round(time.perf_counter() - t, 1), **_losses(result)}
         for stage in DEMO_STAGES:
             if stage in result:

@@ -191,6 +191,17 @@ DEMO_STAGES = ("codec", "gpt", "s2mel", "vocoder")
 DEMO_FEATURES = ("text_ids", "mel_stacked", "mel", "wave", "campplus_fbank")
 
 
+def apply_overrides(config, overrides: dict[str, Any] | None):
+    """Set dotted keys (``{"log.num_eval_batches": 0}``) on a config; returns it."""
+    for key, value in (overrides or {}).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
 def run_demo_stages(workdir: str | Path, *, manifest: str | Path | None = None, bpe_model: str | Path | None = None,
                     shards: str | Path | None = None, scale: int = 1, codec_steps: int | None = None,
                     gpt_steps: int | None = None, s2mel_steps: int | None = None, vocoder_steps: int | None = None,
@@ -247,13 +258,7 @@ def run_demo_stages(workdir: str | Path, *, manifest: str | Path | None = None, 
         if bpe_model:
             c.data.bpe_model = str(bpe_model)
             c.model.dataset.bpe_model = str(bpe_model)
-        for key, value in (overrides or {}).items():
-            node = c
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-        return c
+        return apply_overrides(c, overrides)
 
     codec_params = out / "codec" / CODEC_PARAMS_FILE
     steps = {"codec": codec_steps, "gpt": gpt_steps, "s2mel": s2mel_steps, "vocoder": vocoder_steps}
