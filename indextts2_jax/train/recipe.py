@@ -305,10 +305,4 @@ def tiny_config(stage: str, shards: str | Path, steps: int = 10, **overrides: An
     c.log.every_steps = 1
     c.log.eval_every_steps = 10_000
     c.log.num_eval_batches = 1
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
