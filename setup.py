@@ -27,6 +27,9 @@ setup(
         "pyyaml>=6.0",
         "safetensors>=0.4",
         "flatbuffers>=24.3",
+        # text-to-emotion (infer/emotion_text.py): the Qwen3 emotion model's byte-level BPE and chat template
+        "tokenizers>=0.19",
+        "jinja2>=3.1",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torch==2.13.0",

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "buckets; ~50 codes per second of speech), e.g. 100,250,500")
     p.add_argument("--compilation_cache", metavar="DIR",
                    help="JAX's persistent compilation cache: a restarted server reads its compiled stages here")
+    p.add_argument("--emotion_text_model",
+                   help="the text-to-emotion model folder for jobs with use_emotion_text / emotion_text (default: "
+                        "the one an official model directory names)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     return p
 
@@ -66,7 +69,8 @@ def main(argv=None, tts=None, ready: threading.Event | None = None, servers: lis
 
         compile_cache.enable(args.compilation_cache)
     if tts is None:
-        tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps, attention=args.attention)
+        tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps, attention=args.attention,
+                         emotion_text_model=args.emotion_text_model)
     service = SynthesisService(tts, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
                                prompt_dir=args.prompt_dir, prompt_root=args.prompt_root,
                                max_queue=args.max_queue)

@@ -4,7 +4,8 @@ One text: ::
 
     python -m experiments.synthesize --model checkpoints/IndexTTS-2 --text "Hello there." \
         --speaker_prompt voice.wav --out out.wav [--emotion_prompt sad.wav --emotion_alpha 0.8] \
-        [--emotion_vector 0 0 0.6 0 0 0 0 0] [--target_tokens 250 | --duration 5.0] [--json]
+        [--emotion_vector 0 0 0.6 0 0 0 0 0 | --emotion_text "I can't believe it!"] \
+        [--target_tokens 250 | --duration 5.0] [--json]
 
 Many jobs (one JSON object per line with the keys of ``IndexTTS2.synthesize_batch``; relative prompt
 paths are read from the jobs file's folder): ::
@@ -52,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize_emotion_vector", action="store_true",
                    help="apply the official webui's bias and 0.8 cap to --emotion_vector")
     p.add_argument("--use_random", action="store_true", help="vector mode: random feat rows instead of nearest")
-    p.add_argument("--use_emotion_text", action="store_true", help="text-to-emotion (not available; errors)")
+    p.add_argument("--use_emotion_text", action="store_true",
+                   help="text-to-emotion: the emotion model reads --emotion_text (default: the text) and gives the "
+                        "8 weights of the vector mode")
+    p.add_argument("--emotion_text", help="the text whose emotion to use (implies --use_emotion_text)")
+    p.add_argument("--emotion_text_model",
+                   help="the text-to-emotion model folder (a Qwen3 LM, the official qwen0.6bemo4-merge/); default: "
+                        "the one an official model directory names")
     dur = p.add_mutually_exclusive_group()
     dur.add_argument("--target_tokens", type=int, help="exact number of semantic codes for the whole text")
     dur.add_argument("--duration", type=float, help="target duration in seconds (converted to codes)")
@@ -135,7 +142,7 @@ def main(argv=None, tts=None) -> dict:
     if tts is None:
         tts = load_model(args.model, args.dtype, diffusion_steps=args.diffusion_steps, cfg_rate=args.cfg_rate,
                          exact_vocoder=args.exact_vocoder, bucket_conditioning=args.bucket_conditioning,
-                         attention=args.attention)
+                         attention=args.attention, emotion_text_model=args.emotion_text_model)
     progress = not args.no_progress
     if args.jobs:
         report = tts.synthesize_jsonl(args.jobs, args.out_dir, batch_size=max(args.batch_size, 1),
@@ -151,8 +158,8 @@ def main(argv=None, tts=None) -> dict:
                        duration_seconds=args.duration, seed=args.seed,
                        max_text_tokens_per_segment=args.max_text_tokens_per_segment,
                        interval_silence_ms=args.interval_silence_ms, use_emotion_text=args.use_emotion_text,
-                       use_random=args.use_random, quick_streaming_tokens=args.quick_streaming_tokens,
-                       **_sampling(args))
+                       emotion_text=args.emotion_text, use_random=args.use_random,
+                       quick_streaming_tokens=args.quick_streaming_tokens, **_sampling(args))
         if args.stream:
             report = _stream_to_wav(tts, text, args.speaker_prompt, args.out, progress, options)
         else:

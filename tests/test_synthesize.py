@@ -379,10 +379,42 @@ def test_emotion_modes(tts, prompts):
     assert r3["emotion_vector"] == [0, 0, 0.25, 0, 0, 0, 0, 0.1]
     for w in (audio, v):
         assert np.all(np.isfinite(w)) and not np.array_equal(w[: base.size], base[: w.size])
-    with pytest.raises(pipeline.EmotionTextUnavailableError, match="QwenEmotion"):
+    with pytest.raises(pipeline.EmotionTextUnavailableError, match="emotion_text_model"):
         tts.synthesize("hello world.", spk, use_emotion_text=True, **GREEDY)
     with pytest.raises(errors.ConfigError):
         tts.synthesize("hello world.", spk, emotion_vector=[1, 2, 3], **GREEDY)
+
+
+def test_emotion_text_gives_the_vector_mode_with_the_models_weights(tts, prompts, monkeypatch):
+    """use_emotion_text / emotion_text: the emotion model (the tiny random Qwen3 folder of
+    tests/parity/test_qwen3.py) reads the text; synthesis then equals the vector mode with its weights."""
+    from indextts2_jax.convert.official import emotion_text_dir
+    from indextts2_jax.infer.emotion_text import QwenEmotion
+
+    folder = Path(__file__).parent / "data" / "qwen3_tiny"
+    model = pipeline.IndexTTS2(tts.assets, diffusion_steps=2, emotion_text_model=folder)
+    spk = prompts["spk"]
+    qwen = model.emotion_text_model()
+    assert isinstance(qwen, QwenEmotion) and model.emotion_text_model() is qwen  # loaded once
+    qwen.max_new_tokens = 8
+    # a random model's answer is no JSON (-> calm); answer a real one to test the weights' path
+    monkeypatch.setattr(qwen, "reply_text", lambda ids: '{"高兴": 0.6, "悲伤": 0.9, "自然": 0.1}')
+    wave, _, report = model.synthesize("hello world.", spk, emotion_text="I feel gloomy.", emotion_alpha=0.5,
+                                       **GREEDY)
+    assert report["emotion_mode"] == "text" and report["emotion_text"]["text"] == "I feel gloomy."
+    assert report["emotion_text"]["scores"]["melancholic"] == 0.9  # "gloomy": sad -> melancholic
+    assert report["emotion_vector"] == [0.3, 0, 0, 0, 0, 0.45, 0, 0.05]  # scaled by emotion_alpha
+    want, _, _ = model.synthesize("hello world.", spk, emotion_vector=[0.6, 0, 0, 0, 0, 0.9, 0, 0.1],
+                                  emotion_alpha=0.5, **GREEDY)
+    np.testing.assert_array_equal(wave, want)
+    _, _, r2 = model.synthesize("hello world.", spk, use_emotion_text=True, emotion_vector=[0] * 8, **GREEDY)
+    assert r2["emotion_text"]["text"] == "hello world." and any("emotion_vector ignored" in w for w in r2["warnings"])
+    # an official directory names its folder (config.yaml qwen_emo_path) when the folder is there
+    cfg2 = tts.assets.config.copy_and_resolve_references()
+    cfg2.model.qwen_emo_path = "qwen3_tiny/ "
+    assert emotion_text_dir(cfg2, folder.parent) == str(folder)
+    cfg2.model.qwen_emo_path = "absent/"
+    assert emotion_text_dir(cfg2, folder.parent) is None
 
 
 def test_normalize_emotion_vector():

@@ -465,6 +465,16 @@ def fingerprint_files(files: Mapping[str, Path], extra: Any = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def emotion_text_dir(config: ml_collections.ConfigDict, root: str | os.PathLike) -> str | None:
+    """The text-to-emotion folder an official directory names (config.yaml ``qwen_emo_path``, relative to
+    ``root``) if it holds a config.json; else None (the model then synthesizes without text-to-emotion)."""
+    name = config.model.get("qwen_emo_path") if "model" in config else None
+    if not isinstance(name, str) or not name.strip():
+        return None
+    folder = Path(root) / name.strip()
+    return str(folder) if (folder / "config.json").is_file() else None
+
+
 def load_official_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, dtype=None, *,
                             use_cache: bool = True, w2v_bert=None, semantic_codec=None, campplus=None,
                             bigvgan=None) -> ModelAssets:
@@ -476,8 +486,19 @@ def load_official_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLik
     same directory are removed. ``dtype`` (e.g. "bfloat16") casts the returned params (the cache is
     float32). ``w2v_bert``/``semantic_codec``/``campplus``/``bigvgan`` override the auxiliary paths
     (see :func:`check_official_model_dir`). A checkpoint that does not fit the config raises
-    CheckpointError naming the component.
+    CheckpointError naming the component. ``extra["emotion_text_dir"]``: see :func:`emotion_text_dir` (the
+    text-to-emotion model is read from its own folder when first used, not converted here).
     """
+    assets = _load_official_model_dir(path, cache_dir, dtype, use_cache=use_cache, w2v_bert=w2v_bert,
+                                      semantic_codec=semantic_codec, campplus=campplus, bigvgan=bigvgan)
+    found = emotion_text_dir(assets.config, Path(path).resolve())
+    if found is not None:
+        assets.extra["emotion_text_dir"] = found
+    return assets
+
+
+def _load_official_model_dir(path, cache_dir, dtype, *, use_cache, w2v_bert, semantic_codec, campplus,
+                             bigvgan) -> ModelAssets:
     overrides = dict(w2v_bert=w2v_bert, semantic_codec=semantic_codec, campplus=campplus, bigvgan=bigvgan)
     files = check_official_model_dir(path, **overrides)
     root = Path(path).resolve()

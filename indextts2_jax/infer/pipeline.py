@@ -4,8 +4,10 @@
 
 1. emotion mode (§7): speaker as emotion (default), emotion reference audio with ``emotion_alpha``,
    8-dim ``emotion_vector`` (feat1 row by cosine to the CAMPPlus style, feat2 rows weighted, plus the
-   ``(1 - sum w)`` residual of the speaker file's own emotion vector). Text-to-emotion (QwenEmotion) is
-   not available in this port: ``use_emotion_text=True`` raises :class:`EmotionTextUnavailableError`;
+   ``(1 - sum w)`` residual of the speaker file's own emotion vector), or text-to-emotion
+   (``use_emotion_text`` / ``emotion_text``: the QwenEmotion model reads the text and gives the 8 weights,
+   ``infer/emotion_text.py``; then as the vector mode). Without its folder that raises
+   :class:`EmotionTextUnavailableError`;
 2. prompt features, cached per file (path, size, mtime): w2v-BERT ``hidden_states[k]`` normalised, codec
    ``S_ref``, reference mel, CAMPPlus style; the emotion prompt's w2v-BERT features;
 3. text -> normalise -> BPE -> segments of <= ``max_text_tokens_per_segment`` ids;
@@ -74,7 +76,7 @@ SILENCE_LOG_MEL = math.log(1e-5)  # the S2M/BigVGAN log-mel of silence
 
 
 class EmotionTextUnavailableError(IndexTTS2Error, NotImplementedError):
-    """Text-to-emotion (the official QwenEmotion model) is not part of this port."""
+    """Text-to-emotion was asked for, but no emotion model folder (the official QwenEmotion) is known."""
 
 
 EMOTION_BIAS = (0.9375, 0.875, 1.0, 1.0, 0.9375, 0.9375, 0.6875, 0.5625)
@@ -190,7 +192,7 @@ def _file_key(kind: str, path) -> tuple:
 SAMPLING_DEFAULTS = dict(do_sample=True, num_beams=3, top_k=30, top_p=0.8, temperature=0.8,
                          repetition_penalty=10.0, length_penalty=0.0, max_mel_tokens=1500)
 JOB_KEYS = ("text", "speaker_prompt", "emotion_prompt", "emotion_vector", "emotion_alpha", "use_emotion_text",
-            "use_random", "target_tokens", "duration_seconds", "seed", "max_text_tokens_per_segment",
+            "emotion_text", "use_random", "target_tokens", "duration_seconds", "seed", "max_text_tokens_per_segment",
             "interval_silence_ms", "quick_streaming_tokens", "codes", "out", "id")
 STAGES = ("prompt", "text", "conditioning", "generation", "latent", "s2m", "vocoder")
 
@@ -254,12 +256,16 @@ class IndexTTS2:
         GLU bias of padded frames at the edge, so padded prompts move the speaker latents by ~3e-4
         (relative) from infer_v2's unpadded B=1 values; w2v-BERT and the codec are padding-invariant
         (~2e-7) and always bucketed.
+      emotion_text_model: text-to-emotion for ``use_emotion_text``/``emotion_text``: a Qwen3 emotion model folder
+        (the official ``qwen0.6bemo4-merge/``) or a loaded :class:`~indextts2_jax.infer.emotion_text.QwenEmotion`;
+        default: the folder an official model directory names (``qwen_emo_path``), if it is there. Loaded
+        at its first use.
     """
 
     def __init__(self, assets: ModelAssets, dtype=jnp.float32, *, diffusion_steps: int | None = None,
                  cfg_rate: float | None = None, buckets: Sequence[int] | None = None,
                  prompt_cache_size: int = 16, exact_vocoder: bool = False, bucket_conditioning: bool = False,
-                 attention: str = "einsum"):
+                 attention: str = "einsum", emotion_text_model=None):
         missing = assets.missing_components()
         if missing:
             raise ConfigError(f"model assets ({assets.source}) lack components {missing}")
@@ -319,6 +325,8 @@ class IndexTTS2:
             params.update(w2v=p["w2v_bert"], w2v_mean=np.asarray(assets.w2v_stats["mean"], np.float32),
                           w2v_var=np.asarray(assets.w2v_stats["var"], np.float32))
         self.params = jax.device_put(params)  # moves only the statistics: the rest is on the device already
+        self._emotion_text = emotion_text_model if emotion_text_model is not None else assets.extra.get(
+            "emotion_text_dir")
         self.prompt_cache = _LRU(prompt_cache_size)
         self.cache_stats = {"hits": 0, "misses": 0}
         # the jitted stages, shared by every synthesizer of the same configs and settings in this process (a
@@ -524,10 +532,11 @@ class IndexTTS2:
         emo_path = job.get("emotion_prompt")
         alpha = float(job.get("emotion_alpha", 1.0) if job.get("emotion_alpha") is not None else 1.0)
         vector = job.get("emotion_vector")
-        if job.get("use_emotion_text"):
-            raise EmotionTextUnavailableError(
-                "text-to-emotion (use_emotion_text, the official QwenEmotion model) is not available in this port; "
-                "pass emotion_vector (8 weights: " + ", ".join(EMOTIONS) + ") or an emotion_prompt audio file")
+        if job.get("use_emotion_text") or job.get("emotion_text") is not None:
+            # infer_v2: the text's emotion replaces emotion_vector and the emotion audio
+            if vector is not None:
+                report.setdefault("warnings", []).append("emotion_vector ignored: text-to-emotion asked for")
+            vector = self._emotion_from_text(job, report)
         mode = "speaker"
         if vector is not None:
             vector = [float(x) for x in vector]
@@ -541,7 +550,7 @@ class IndexTTS2:
             scale = max(0.0, min(1.0, alpha))
             if scale != 1.0:
                 vector = [int(x * scale * 10000) / 10000 for x in vector]
-            mode = "vector"
+            mode = "text" if "emotion_text" in report else "vector"
         elif emo_path is not None:
             mode = "audio"
         if emo_path is None:
@@ -574,6 +583,34 @@ class IndexTTS2:
                       speaker_prompt=str(spk_path), emotion_prompt=str(emo_path))
         return spk, conds
 
+    def emotion_text_model(self):
+        """The text-to-emotion model (:class:`~indextts2_jax.infer.emotion_text.QwenEmotion`), loaded at the first
+        call; EmotionTextUnavailableError if this synthesizer has none."""
+        from indextts2_jax.infer.emotion_text import QwenEmotion
+
+        if self._emotion_text is None:
+            raise EmotionTextUnavailableError(
+                "text-to-emotion needs the emotion model folder (the official qwen0.6bemo4-merge/, a Qwen3 causal LM): "
+                f"this model ({self.assets.source}) names none that exists; pass emotion_text_model=<folder> (CLI: "
+                "--emotion_text_model), or emotion_vector (8 weights: " + ", ".join(EMOTIONS) + ") or an "
+                "emotion_prompt audio file")
+        if not isinstance(self._emotion_text, QwenEmotion):
+            self._emotion_text = QwenEmotion(self._emotion_text)
+        return self._emotion_text
+
+    def _emotion_from_text(self, job: dict, report: dict) -> list[float]:
+        """The 8 emotion weights that the text-to-emotion model reads in ``emotion_text`` (default: the text)."""
+        text = job.get("emotion_text")
+        text = text if text is not None else job.get("text")
+        result = self.emotion_text_model()(text if isinstance(text, str) else "", seed=int(job.get("seed") or 0))
+        report["emotion_text"] = {"text": text, "scores": result.scores, "reply": result.reply,
+                                  "tokens": result.tokens, "finished": result.finished,
+                                  "seconds": round(result.seconds, 3)}
+        if not result.finished:
+            report.setdefault("warnings", []).append(
+                f"the emotion model's answer was cut at {result.tokens} tokens (max_new_tokens)")
+        return result.vector
+
     # -- text + durations --------------------------------------------------------------------
     def _segments(self, job: dict, report: dict) -> list[list[int]]:
         text = job.get("text")
@@ -604,9 +641,9 @@ class IndexTTS2:
     def synthesize(self, text: str, speaker_prompt, emotion_prompt=None, emotion_vector=None,
                    emotion_alpha: float = 1.0, target_tokens: int | None = None,
                    duration_seconds: float | None = None, *, seed: int = 0, max_text_tokens_per_segment: int = 120,
-                   interval_silence_ms: float = 200, use_emotion_text: bool = False, use_random: bool = False,
-                   codes=None, quick_streaming_tokens: int = 0, batch_size: int = 1, progress: bool = False,
-                   **sampling):
+                   interval_silence_ms: float = 200, use_emotion_text: bool = False, emotion_text: str | None = None,
+                   use_random: bool = False, codes=None, quick_streaming_tokens: int = 0, batch_size: int = 1,
+                   progress: bool = False, **sampling):
         """Synthesize ``text`` in the voice of ``speaker_prompt``.
 
         Sampling options (infer_v2 defaults): do_sample=True, num_beams=3, top_k=30, top_p=0.8,
@@ -618,6 +655,9 @@ class IndexTTS2:
         instead of generating them (see :meth:`synthesize_batch`). ``quick_streaming_tokens`` (infer_v2's
         option): segments merge only once this many text tokens precede them, so the first one is short (for
         :meth:`synthesize_stream`, the time to the first audio).
+        ``use_emotion_text`` (infer_v2's ``use_emo_text``): the emotion model reads ``emotion_text`` (default: the
+        text) and its 8 weights act as ``emotion_vector`` (scaled by ``emotion_alpha``); an ``emotion_text``
+        alone asks for it too. The report's ``emotion_text`` holds the scores and the model's answer.
 
         Returns ``(wave float32 (N,), sample_rate, report)``.
         """
@@ -625,7 +665,8 @@ class IndexTTS2:
                    emotion_vector=emotion_vector, emotion_alpha=emotion_alpha, target_tokens=target_tokens,
                    duration_seconds=duration_seconds, seed=seed, interval_silence_ms=interval_silence_ms,
                    max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
-                   use_random=use_random, codes=codes, quick_streaming_tokens=quick_streaming_tokens)
+                   emotion_text=emotion_text, use_random=use_random, codes=codes,
+                   quick_streaming_tokens=quick_streaming_tokens)
         (result,) = self.synthesize_batch([job], batch_size=batch_size, progress=progress, **sampling)
         return result
 
@@ -633,7 +674,8 @@ class IndexTTS2:
                           emotion_alpha: float = 1.0, target_tokens: int | None = None,
                           duration_seconds: float | None = None, *, seed: int = 0,
                           max_text_tokens_per_segment: int = 120, interval_silence_ms: float = 200,
-                          use_emotion_text: bool = False, use_random: bool = False, codes=None,
+                          use_emotion_text: bool = False, emotion_text: str | None = None,
+                          use_random: bool = False, codes=None,
                           quick_streaming_tokens: int = 0, **sampling) -> Iterator[StreamChunk]:
         """Synthesize ``text`` segment by segment, yielding each segment's audio as soon as it is ready.
 
@@ -652,7 +694,8 @@ class IndexTTS2:
                    emotion_vector=emotion_vector, emotion_alpha=emotion_alpha, target_tokens=target_tokens,
                    duration_seconds=duration_seconds, seed=seed, interval_silence_ms=interval_silence_ms,
                    max_text_tokens_per_segment=max_text_tokens_per_segment, use_emotion_text=use_emotion_text,
-                   use_random=use_random, codes=codes, quick_streaming_tokens=quick_streaming_tokens)
+                   emotion_text=emotion_text, use_random=use_random, codes=codes,
+                   quick_streaming_tokens=quick_streaming_tokens)
         run = self._plan([job], self._decode_config(sampling), t_start)
         return self._stream(run)
 
@@ -692,7 +735,8 @@ class IndexTTS2:
         """Synthesize many jobs, running up to ``batch_size`` segments (of any jobs) together.
 
         Each job is a dict with ``text``, ``speaker_prompt`` and optionally ``emotion_prompt``,
-        ``emotion_vector``, ``emotion_alpha``, ``target_tokens`` | ``duration_seconds``, ``seed``,
+        ``emotion_vector``, ``emotion_alpha``, ``use_emotion_text`` / ``emotion_text``, ``target_tokens`` |
+        ``duration_seconds``, ``seed``,
         ``max_text_tokens_per_segment``, ``interval_silence_ms``, ``quick_streaming_tokens`` (``out``/``id`` are
         carried along), and ``codes``: semantic codes to speak (a text of one segment; e.g. :meth:`semantic_codes`
         of a recording) instead of generating them; the GPT then only gives their latent (teacher-forced over the

@@ -5,7 +5,8 @@
 Endpoints (JSON in, JSON errors out; the standard library's ``ThreadingHTTPServer``, no web framework):
 
 ``POST /synthesize``: a body with the job keys of :meth:`IndexTTS2.synthesize_batch` (``text``,
-``speaker_prompt``, ``emotion_prompt``, ``emotion_vector``, ``emotion_alpha``, ``target_tokens`` |
+``speaker_prompt``, ``emotion_prompt``, ``emotion_vector``, ``emotion_alpha``, ``use_emotion_text`` /
+``emotion_text``, ``target_tokens`` |
 ``duration_seconds``, ``seed``, ``max_text_tokens_per_segment``, ``interval_silence_ms``,
 ``quick_streaming_tokens``, ``codes``), plus
 
