@@ -53,6 +53,8 @@ Workloads (scenario of the baseline: 10 s speaker prompt, 3 s prompt mel for S2M
   concatenated after a 258-frame (3 s) prompt condition, ``CFM.inference`` with 25 Euler steps and CFG 0.7,
   prompt frames cut -> (1,80,860).
 - ``bigvgan``: BigVGAN v2 after ``remove_weight_norm()``, (1,80,861) -> (1,1,220416).
+- ``qwen_emotion``: text-to-emotion, HF ``Qwen3ForCausalLM.generate`` at Qwen3-0.6B size (QwenEmotion's model):
+  32 prompt tokens, exactly 80 new tokens greedy (no eos id). Not in the shared baseline table.
 - ``matmul``: not a stage of the model: float32 2048^2 matmul GFLOP/s with the same threads (machine check).
 
 Each stage: median of ``--repeats`` (3) timed calls after one warm-up call; the 500-code generations are timed
@@ -85,7 +87,7 @@ _REEXEC_MARK = "INDEXTTS2_OFFICIAL_BENCH_MALLOC"
 
 STAGES = (
     "matmul", "w2v_bert", "codec", "campplus", "spk_cond", "emo_cond", "gpt_prefill", "gpt_greedy",
-    "gpt_greedy_500", "gpt_beam", "gpt_beam_500", "gpt_latent", "s2m_step", "s2m", "bigvgan",
+    "gpt_greedy_500", "gpt_beam", "gpt_beam_500", "gpt_latent", "s2m_step", "s2m", "bigvgan", "qwen_emotion",
 )
 # Which model each stage needs (built once, dropped after the last stage that needs it).
 _NEEDS = {
@@ -93,6 +95,7 @@ _NEEDS = {
     "spk_cond": ("gpt",), "emo_cond": ("gpt",), "gpt_prefill": ("gpt",), "gpt_greedy": ("gpt",),
     "gpt_greedy_500": ("gpt",), "gpt_beam": ("gpt",), "gpt_beam_500": ("gpt",), "gpt_latent": ("gpt",),
     "s2m_step": ("s2mel",), "s2m": ("s2mel", "codec"), "bigvgan": ("bigvgan",), "matmul": (),
+    "qwen_emotion": ("qwen",),
 }
 
 PROMPT_SECONDS = 10.0
@@ -104,6 +107,12 @@ CODE_TO_FRAME = 1.72
 DIFFUSION_STEPS = 25
 CFG_RATE = 0.7
 VOCODER_FRAMES = 861
+QWEN_PROMPT_TOKENS = 32  # QwenEmotion's chat prompt around a short sentence
+QWEN_NEW_TOKENS = 80  # its JSON answer of eight scores
+# Qwen/Qwen3-0.6B config.json (structural values; the release's qwen0.6bemo4-merge/ is a fine-tune of it).
+QWEN3_CONFIG = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                    num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+                    rope_theta=1_000_000.0, tie_word_embeddings=True, max_position_embeddings=40960)
 
 # facebook/w2v-bert-2.0 config.json (structural values; configs/indextts2.py official_aux_config lists them).
 W2V_BERT_CONFIG = dict(
@@ -244,6 +253,11 @@ class Bench:
             obj = bigvgan.BigVGAN(AttrDict(h), use_cuda_kernel=False)
             obj.remove_weight_norm()
             obj = obj.eval()
+        elif name == "qwen":
+            from transformers import Qwen3Config, Qwen3ForCausalLM
+
+            obj = Qwen3ForCausalLM(Qwen3Config(**QWEN3_CONFIG)).eval()
+            obj.generation_config.eos_token_id = None  # every run generates all its tokens
         else:
             raise ValueError(name)
         self.models[name] = obj
@@ -510,6 +524,24 @@ class Bench:
         mel = self.randn(1, 80, VOCODER_FRAMES, scale=2.0) - 5.0
         med, times, out = self.timed(lambda: vocoder(mel))
         self.add("bigvgan", f"(1,80,{VOCODER_FRAMES}) -> {tuple(out.shape)}", med, times, baseline="10.8")
+
+
+    def stage_qwen_emotion(self):
+        """QwenEmotion's generate (infer_v2 loads the model in float16; float32 here, as every stage; greedy, as
+        its sampling costs the same per token) of 80 tokens after a 32-token prompt."""
+        model = self.build("qwen")
+        prompt = self.torch.randint(0, QWEN3_CONFIG["vocab_size"], (1, QWEN_PROMPT_TOKENS), generator=self._gen)
+
+        def run():
+            out = model.generate(prompt, attention_mask=self.torch.ones_like(prompt), do_sample=False,
+                                 max_new_tokens=QWEN_NEW_TOKENS, min_new_tokens=QWEN_NEW_TOKENS, pad_token_id=0)
+            if out.shape[1] != QWEN_PROMPT_TOKENS + QWEN_NEW_TOKENS:
+                raise RuntimeError(f"qwen_emotion: expected {QWEN_NEW_TOKENS} new tokens, got {out.shape}")
+            return out
+
+        med, times, _ = self.timed(run)
+        self.add("qwen_emotion", f"prompt {QWEN_PROMPT_TOKENS} -> {QWEN_NEW_TOKENS} tokens", med, times,
+                 per_token=med / QWEN_NEW_TOKENS, baseline="")
 
 
 def print_table(rows: list[dict], header: list[str]) -> None:

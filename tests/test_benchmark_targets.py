@@ -92,3 +92,10 @@ def test_random_like_fills_an_abstract_tree_leaf_by_leaf():
     assert not np.array_equal(kernel, np.asarray(params["table"], np.float32))
     np.testing.assert_array_equal(kernel, np.asarray(random_like(abstract, seed=3)["dense"]["kernel"]))
     assert not np.array_equal(kernel, np.asarray(random_like(abstract, seed=4)["dense"]["kernel"]))
+
+
+def test_emotion_text_benchmark_smoke():
+    from benchmarks import emotion_text
+
+    (row,) = emotion_text.main(["--size", "tiny", "--repeats", "1", "--new_tokens", "8", "--prompt_tokens", "40"])
+    assert row["new tokens"] == 8 and row["prompt"] == 40 and row["tokens/s"] > 0 and row["time (s)"] > 0

@@ -208,6 +208,50 @@ def render_chat_prompt(template: str, text: str) -> str:
         raise ModelDirectoryError(f"the emotion model's chat template failed: {e}") from e
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def generate_ids(model: qwen3.Qwen3LM, params, ids, length, sampling: SamplingConfig, max_new: int, rng):
+    """One jitted generation: prefill of the padded prompt, then up to ``max_new`` one-token steps on the KV cache
+    (a ``while_loop`` that ends at an eos id of ``sampling``).
+
+    ids (1, P) int32 (the prompt, padded at its end), length () int32 (its true length) -> tokens (max_new,) int32
+    (zeros after the last), count () int32, finished () bool (an eos id ended it; it is the last token).
+    """
+    p = ids.shape[1]
+    vocab = model.config.vocab_size
+    cache = model.init_cache(1, p + max_new)
+    logits, cache = model.apply({"params": params}, ids, cache, 0, logits_at=length[None] - 1)
+    eos = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
+    seen = jnp.zeros((1, vocab), jnp.int32).at[0, ids[0]].max((jnp.arange(p) < length).astype(jnp.int32)) > 0
+
+    def pick(logits, seen, step):
+        scores = logits
+        if sampling.repetition_penalty != 1.0:
+            scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
+        if not sampling.do_sample:
+            return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        scores = scores / sampling.temperature
+        scores = apply_top_k(scores, sampling.top_k)
+        if sampling.top_p < 1.0:
+            scores = apply_top_p(scores, sampling.top_p, candidates=sampling.top_k)
+        return jax.random.categorical(jax.random.fold_in(rng, step), scores, axis=-1).astype(jnp.int32)
+
+    def cond(state):
+        step, _, _, _, done, _ = state
+        return (step < max_new) & ~done
+
+    def body(state):
+        step, logits, cache, seen, _, out = state
+        token = pick(logits, seen, step)
+        out = out.at[step].set(token[0])
+        done = jnp.any(token[0] == eos)
+        logits, cache = model.apply({"params": params}, token[:, None], cache, length + step)
+        return step + 1, logits[:, 0], cache, seen.at[0, token[0]].set(True), done, out
+
+    state = (jnp.int32(0), logits, cache, seen, jnp.bool_(False), jnp.zeros((max_new,), jnp.int32))
+    step, _, _, _, done, out = jax.lax.while_loop(cond, body, state)
+    return out, step, done
+
+
 class QwenEmotion:
     """Text -> 8 emotion weights with a Qwen3 emotion model folder (module docstring).
 
@@ -260,44 +304,6 @@ class QwenEmotion:
             ids = ids[len(ids) - ids[::-1].index(self.think_end):]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    # -- decoding -------------------------------------------------------------------------------
-    @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-    def _generate(self, params, ids, length, sampling: SamplingConfig, max_new: int, rng):
-        """ids (1, P) padded, length () -> (tokens (max_new,) int32, count () int32, finished () bool)."""
-        p = ids.shape[1]
-        cache = self.model.init_cache(1, p + max_new)
-        logits, cache = self.model.apply({"params": params}, ids, cache, 0, logits_at=length[None] - 1)
-        eos = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
-        seen = jnp.zeros((1, self.config.vocab_size), bool).at[0, ids[0]].set(jnp.arange(p) < length)
-
-        def pick(logits, seen, step):
-            scores = logits
-            if sampling.repetition_penalty != 1.0:
-                scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
-            if not sampling.do_sample:
-                return jnp.argmax(scores, axis=-1).astype(jnp.int32)
-            scores = scores / sampling.temperature
-            scores = apply_top_k(scores, sampling.top_k)
-            if sampling.top_p < 1.0:
-                scores = apply_top_p(scores, sampling.top_p, candidates=sampling.top_k)
-            return jax.random.categorical(jax.random.fold_in(rng, step), scores, axis=-1).astype(jnp.int32)
-
-        def cond(state):
-            step, _, _, _, done, _ = state
-            return (step < max_new) & ~done
-
-        def body(state):
-            step, logits, cache, seen, _, out = state
-            token = pick(logits, seen, step)
-            out = out.at[step].set(token[0])
-            done = jnp.any(token[0] == eos)
-            logits, cache = self.model.apply({"params": params}, token[:, None], cache, length + step)
-            return step + 1, logits[:, 0], cache, seen.at[0, token[0]].set(True), done, out
-
-        state = (jnp.int32(0), logits, cache, seen, jnp.bool_(False), jnp.zeros((max_new,), jnp.int32))
-        step, _, _, _, done, out = jax.lax.while_loop(cond, body, state)
-        return out, step, done
-
     def generate(self, text: str, seed: int = 0, greedy: bool = False) -> tuple[list[int], bool]:
         """Generated ids for ``text`` (the eos id included when one ended it) and whether an eos ended it."""
         ids = self.prompt_ids(text)
@@ -308,8 +314,8 @@ class QwenEmotion:
         padded = np.zeros((1, bucket), np.int32)
         padded[0, : len(ids)] = ids
         sampling = dataclasses.replace(self.sampling, do_sample=False) if greedy else self.sampling
-        out, count, done = self._generate(self.params, jnp.asarray(padded), jnp.int32(len(ids)), sampling,
-                                          self.max_new_tokens, jax.random.PRNGKey(int(seed)))
+        out, count, done = generate_ids(self.model, self.params, jnp.asarray(padded), jnp.int32(len(ids)), sampling,
+                                        self.max_new_tokens, jax.random.PRNGKey(int(seed)))
         return np.asarray(out)[: int(count)].tolist(), bool(done)
 
     def __call__(self, text: str, seed: int = 0, greedy: bool = False) -> EmotionTextResult:
@@ -323,9 +329,3 @@ class QwenEmotion:
         reply = self.reply_text(tokens)
         return EmotionTextResult(parse_emotion_reply(reply, text), reply, len(tokens), finished,
                                  time.perf_counter() - t0)
-
-    def __hash__(self):  # jit's static self
-        return id(self)
-
-    def __eq__(self, other):
-        return self is other

@@ -259,7 +259,7 @@ class IndexTTS2:
       emotion_text_model: text-to-emotion for ``use_emotion_text``/``emotion_text``: a Qwen3 emotion model folder
         (the official ``qwen0.6bemo4-merge/``) or a loaded :class:`~indextts2_jax.infer.emotion_text.QwenEmotion`;
         default: the folder an official model directory names (``qwen_emo_path``), if it is there. Loaded
-        at its first use.
+        at its first use, in ``dtype`` (infer_v2 loads it in float16).
     """
 
     def __init__(self, assets: ModelAssets, dtype=jnp.float32, *, diffusion_steps: int | None = None,
@@ -595,7 +595,7 @@ class IndexTTS2:
                 "--emotion_text_model), or emotion_vector (8 weights: " + ", ".join(EMOTIONS) + ") or an "
                 "emotion_prompt audio file")
         if not isinstance(self._emotion_text, QwenEmotion):
-            self._emotion_text = QwenEmotion(self._emotion_text)
+            self._emotion_text = QwenEmotion(self._emotion_text, dtype=self.dtype)
         return self._emotion_text
 
     def _emotion_from_text(self, job: dict, report: dict) -> list[float]:

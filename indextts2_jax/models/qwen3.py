@@ -9,14 +9,16 @@ by ``num_attention_heads / num_key_value_heads`` query heads), ``q_norm``/``k_no
 pairs with i + head_dim/2), scale ``head_dim ** -0.5``, float32 softmax. RMSNorm: float32 statistics, the
 gain times the normalised input cast back to the compute dtype.
 
-One KV cache layout for prefill and decode: ``{"k", "v"}`` of shape (L, B, KV, T, head_dim) (stacked over the
-L layers, which run under ``nn.scan``: one compiled block, whatever the depth). A call writes its S new keys
-and values at ``[index, index + S)`` and every query at position ``p`` attends to the cache slots ``<= p``.
+One KV cache layout for prefill and decode: a list of L ``{"k", "v"}`` of shape (B, KV, T, head_dim), one per
+layer. A call writes its S new keys and values at ``[index, index + S)`` and every query at position ``p``
+attends to the cache slots ``<= p``. The layers are separate modules (``layers_0`` ...), not one scanned block:
+under ``nn.scan`` each decode step sliced its layer's weights out of the stacked arrays (a copy of every
+weight per token), and a step of the 0.6 B model took 168-194 ms instead of 83 ms (CPU, float32).
 Slots are positions: a prompt padded at its end to a bucket writes its pads after the real tokens, and the
 decode steps overwrite them in order before any query can see them.
 
-Params (``from_hf``): ``embed_tokens/embedding`` (V, D); ``layers/...`` stacked (L, ...) with Dense kernels
-(in, out); ``norm/weight``; ``lm_head/kernel`` (D, V) only when the embeddings are not tied.
+Params (``from_hf``): ``embed_tokens/embedding`` (V, D); ``layers_{i}/...`` with Dense kernels (in, out);
+``norm/weight``; ``lm_head/kernel`` (D, V) only when the embeddings are not tied.
 """
 
 from __future__ import annotations
@@ -155,16 +157,17 @@ class Qwen3LM(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def init_cache(self, batch: int, length: int, dtype=None) -> dict:
+    def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
         c = self.config
-        shape = (c.num_hidden_layers, batch, c.num_key_value_heads, length, c.head_dim)
-        return {"k": jnp.zeros(shape, dtype or self.dtype), "v": jnp.zeros(shape, dtype or self.dtype)}
+        shape = (batch, c.num_key_value_heads, length, c.head_dim)
+        dtype = dtype or self.dtype
+        return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(c.num_hidden_layers)]
 
     @nn.compact
     def __call__(self, ids: jax.Array, cache: dict, index, logits_at: jax.Array | None = None):
         c = self.config
         b, s = ids.shape
-        t = cache["k"].shape[3]
+        t = cache[0]["k"].shape[2]
         index = jnp.asarray(index, jnp.int32)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="embed_tokens")
@@ -172,9 +175,11 @@ class Qwen3LM(nn.Module):
         positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
         mask = (jnp.arange(t)[None, :] <= positions[..., None])[:, None]  # (B, 1, S, T)
-        layers = nn.scan(Qwen3Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=0, out_axes=0, length=c.num_hidden_layers)
-        (x, *_), cache = layers(c, self.dtype, self.param_dtype, name="layers")((x, cos, sin, mask, index), cache)
+        carry, new_cache = (x, cos, sin, mask, index), []
+        for i in range(c.num_hidden_layers):
+            carry, layer_cache = Qwen3Block(c, self.dtype, self.param_dtype, name=f"layers_{i}")(carry, cache[i])
+            new_cache.append(layer_cache)
+        x = carry[0]
         x = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm")(x)
         if logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]
@@ -183,7 +188,7 @@ class Qwen3LM(nn.Module):
         else:
             logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                               name="lm_head")(x)
-        return logits.astype(jnp.float32), cache
+        return logits.astype(jnp.float32), new_cache
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,23 +222,20 @@ def from_hf(state: Mapping[str, np.ndarray], config: Qwen3Config, dtype=None) ->
                 "v_proj": c.num_key_value_heads * hd, "o_proj": d, "gate_proj": c.intermediate_size,
                 "up_proj": c.intermediate_size, "down_proj": d}
     in_dims = {"o_proj": c.num_attention_heads * hd, "down_proj": c.intermediate_size}
-    layers: dict[str, dict] = {}
-    for hf, ours in _LINEAR.items():
-        kernels, biases = [], []
-        for i in range(c.num_hidden_layers):
+    params: dict[str, Any] = {}
+    for i in range(c.num_hidden_layers):
+        layer: dict[str, dict] = {}
+        for hf, ours in _LINEAR.items():
             prefix = f"model.layers.{i}.{hf}"
-            kernels.append(take(prefix + ".weight", (out_dims[ours], in_dims.get(ours, d))).T)
+            layer[ours] = {"kernel": take(prefix + ".weight", (out_dims[ours], in_dims.get(ours, d))).T}
             if c.attention_bias and hf.startswith("self_attn"):
-                biases.append(take(prefix + ".bias", (out_dims[ours],)))
-        layers[ours] = {"kernel": np.stack(kernels)}
-        if biases:
-            layers[ours]["bias"] = np.stack(biases)
-    for hf, ours in _NORMS.items():
-        size = hd if ours in ("q_norm", "k_norm") else d
-        layers[ours] = {"weight": np.stack([take(f"model.layers.{i}.{hf}.weight", (size,))
-                                            for i in range(c.num_hidden_layers)])}
-    params = {"embed_tokens": {"embedding": take("model.embed_tokens.weight", (c.vocab_size, d))},
-              "layers": layers, "norm": {"weight": take("model.norm.weight", (d,))}}
+                layer[ours]["bias"] = take(prefix + ".bias", (out_dims[ours],))
+        for hf, ours in _NORMS.items():
+            size = hd if ours in ("q_norm", "k_norm") else d
+            layer[ours] = {"weight": take(f"model.layers.{i}.{hf}.weight", (size,))}
+        params[f"layers_{i}"] = layer
+    params["embed_tokens"] = {"embedding": take("model.embed_tokens.weight", (c.vocab_size, d))}
+    params["norm"] = {"weight": take("model.norm.weight", (d,))}
     if not c.tie_word_embeddings:
         params["lm_head"] = {"kernel": take("lm_head.weight", (c.vocab_size, d)).T}
     extra = sorted(k for k in state if k not in used and not (c.tie_word_embeddings and k == "lm_head.weight"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from indextts2_jax.errors import ConfigError
-from indextts2_jax.infer.emotion_text import QwenEmotion, SamplingConfig
+from indextts2_jax.infer.emotion_text import QwenEmotion, SamplingConfig, generate_ids
 from indextts2_jax.models import qwen3
 
 FOLDER = Path(__file__).resolve().parents[1] / "data" / "qwen3_tiny"
@@ -56,8 +56,8 @@ def test_padded_prompt_and_cached_decode_give_hf_greedy_ids(emo, ref):
     ids = ref["prompt_ids"]
     padded = np.zeros((1, 64), np.int32)
     padded[0, : ids.size] = ids
-    out, count, done = emo._generate(emo.params, jnp.asarray(padded), jnp.int32(ids.size), greedy, 24,
-                                     jax.random.PRNGKey(0))
+    out, count, done = generate_ids(emo.model, emo.params, jnp.asarray(padded), jnp.int32(ids.size), greedy, 24,
+                                    jax.random.PRNGKey(0))
     assert int(count) == 24 and not bool(done)
     np.testing.assert_array_equal(np.asarray(out), ref["greedy_ids"])
     top2 = np.sort(ref["logits"][-1])[-2:]
