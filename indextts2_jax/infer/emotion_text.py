@@ -25,6 +25,7 @@ word ends all zero (calm); here the label becomes a one-hot first and then swaps
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -124,13 +125,15 @@ def _is_number(s: str) -> bool:
 @dataclasses.dataclass
 class EmotionTextResult:
     """scores: {english name: weight} in vector order; vector: the same as a list; reply: the decoded answer;
-    tokens: generated token count; finished: an eos id ended it (False: cut at max_new_tokens); seconds."""
+    tokens: generated token count; finished: an eos id ended it (False: cut at max_new_tokens); seconds;
+    cached: the answer came from the model's cache of recent (text, seed) pairs."""
 
     scores: dict[str, float]
     reply: str
     tokens: int
     finished: bool
     seconds: float
+    cached: bool = False
 
     @property
     def vector(self) -> list[float]:
@@ -255,12 +258,14 @@ def generate_ids(model: qwen3.Qwen3LM, params, ids, length, sampling: SamplingCo
 class QwenEmotion:
     """Text -> 8 emotion weights with a Qwen3 emotion model folder (module docstring).
 
-    ``QwenEmotion(folder, dtype=jnp.float32, max_new_tokens=256, max_text_chars=2000)``; ``__call__(text,
-    seed=0, greedy=False)`` -> :class:`EmotionTextResult`. Params are converted once at construction (float32
-    by default: 0.6 B params are 2.4 GB; ``dtype=jnp.bfloat16`` halves it).
+    ``QwenEmotion(folder, dtype=jnp.float32, max_new_tokens=256, max_text_chars=2000, cache_size=256)``;
+    ``__call__(text, seed=0, greedy=False)`` -> :class:`EmotionTextResult`. Params are converted once at
+    construction (float32 by default: 0.6 B params are 2.4 GB; ``dtype=jnp.bfloat16`` halves it). The answers
+    to the last ``cache_size`` (text, seed, greedy) calls are kept: the same call again runs no model.
     """
 
-    def __init__(self, folder, dtype=jnp.float32, max_new_tokens: int = 256, max_text_chars: int = 2000):
+    def __init__(self, folder, dtype=jnp.float32, max_new_tokens: int = 256, max_text_chars: int = 2000,
+                 cache_size: int = 256):
         from tokenizers import Tokenizer
 
         self.folder = Path(folder)
@@ -287,8 +292,10 @@ class QwenEmotion:
         self.think_end = self.tokenizer.token_to_id("</think>")
         self.max_new_tokens = int(max_new_tokens)
         self.max_text_chars = int(max_text_chars)
+        self.cache_size = int(cache_size)
         self.dtype = dtype
         self.model = qwen3.Qwen3LM(self.config, dtype=dtype, param_dtype=dtype)
+        self._answers: collections.OrderedDict = collections.OrderedDict()  # (text, seed, greedy) -> result
         self.params = jax.tree_util.tree_map(
             jnp.asarray, qwen3.from_hf(load_qwen3_weights(self.folder), self.config, dtype=np.dtype(dtype)))
 
@@ -324,8 +331,16 @@ class QwenEmotion:
         if len(text) > self.max_text_chars:
             raise ConfigError(f"emotion text has {len(text)} characters; at most {self.max_text_chars} "
                               "(pass a shorter emotion_text)")
+        key = (text, int(seed), bool(greedy))
+        if key in self._answers:  # decoding is deterministic given the seed: the same answer, no model call
+            self._answers.move_to_end(key)
+            return dataclasses.replace(self._answers[key], seconds=0.0, cached=True)
         t0 = time.perf_counter()
         tokens, finished = self.generate(text, seed=seed, greedy=greedy)
         reply = self.reply_text(tokens)
-        return EmotionTextResult(parse_emotion_reply(reply, text), reply, len(tokens), finished,
-                                 time.perf_counter() - t0)
+        result = EmotionTextResult(parse_emotion_reply(reply, text), reply, len(tokens), finished,
+                                   time.perf_counter() - t0)
+        self._answers[key] = result
+        while len(self._answers) > self.cache_size:
+            self._answers.popitem(last=False)
+        return result

@@ -605,7 +605,7 @@ class IndexTTS2:
         result = self.emotion_text_model()(text if isinstance(text, str) else "", seed=int(job.get("seed") or 0))
         report["emotion_text"] = {"text": text, "scores": result.scores, "reply": result.reply,
                                   "tokens": result.tokens, "finished": result.finished,
-                                  "seconds": round(result.seconds, 3)}
+                                  "seconds": round(result.seconds, 3), "cached": result.cached}
         if not result.finished:
             report.setdefault("warnings", []).append(
                 f"the emotion model's answer was cut at {result.tokens} tokens (max_new_tokens)")

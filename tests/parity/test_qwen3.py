@@ -73,6 +73,8 @@ def test_sampling_is_seeded_and_stops_at_eos(emo):
     if finished:
         assert ids[-1] in emo.sampling.eos_ids and not set(ids[:-1]) & set(emo.sampling.eos_ids)
     result = emo("I am so happy today.", seed=3)
+    again = emo("I am so happy today.", seed=3)
+    assert again.cached and not result.cached and again.scores == result.scores and again.reply == result.reply
     assert list(result.scores) == ["happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised",
                                    "calm"]
     assert len(result.vector) == 8 and all(0.0 <= v <= 1.2 for v in result.vector)
