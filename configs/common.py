@@ -138,6 +138,7 @@ def training_defaults() -> ml_collections.ConfigDict:
     c.log.every_steps = 50
     c.log.eval_every_steps = 1000
     c.log.num_eval_batches = 4
+    c.log.samples = True  # at each evaluation, the stage's samples (audio, mel images) to TensorBoard
 
     c.data = ml_collections.ConfigDict()
     c.data.manifest = ""

@@ -25,10 +25,15 @@ _RUN = textwrap.dedent(
     import sys
     from experiments import demo
     steps = {"codec": 1, "gpt": 1, "s2mel": 1, "vocoder": 1}
-    # no evaluation batches: each stage's evaluation is tested with the stage (tests/test_train_*.py); here it
-    # would only compile four more programs
+    # No evaluation batches and no samples: each stage's evaluation and samples are tested with the stage
+    # (tests/test_train_*.py); here they would only compile more programs. A smaller BigVGAN (one resblock
+    # kernel, three upsampling stages of 8, 8, 4 = 256x): the recipe's chaining does not depend on the
+    # vocoder's depth, and the demo's (two kernels, six stages) took ~35 s of this test to trace and compile.
+    overrides = {"log.num_eval_batches": 0, "log.samples": False,
+                 "aux.bigvgan.resblock_kernel_sizes": [3], "aux.bigvgan.resblock_dilation_sizes": [[1, 3]],
+                 "aux.bigvgan.upsample_rates": [8, 8, 4], "aux.bigvgan.upsample_kernel_sizes": [16, 16, 8]}
     demo.run(sys.argv[1], num_utterances=24, num_workers=1, steps=steps, batch=4, synth_limit=1,
-             overrides={"log.num_eval_batches": 0})
+             overrides=overrides)
     """
 )
 
@@ -50,8 +55,10 @@ def test_demo_recipe_end_to_end_smallest(tmp_path):
     for stage in ("codec", "gpt", "s2mel", "vocoder"):
         cfg = json.loads((tmp_path / "configs" / f"{stage}.json").read_text())
         assert cfg["stage"] == stage and cfg["log"]["num_eval_batches"] == 0  # the resolved configs say so
+        assert cfg["aux"]["bigvgan"]["upsample_rates"] == [8, 8, 4] and cfg["log"]["samples"] is False
         assert s["train"][stage]["steps"] == 1 and np.isfinite(s["train"][stage]["last_loss"])
-    assert (tmp_path / "bundle" / "bundle.json").exists()
+    bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert bundle["config"]["aux"]["bigvgan"]["upsample_rates"] == [8, 8, 4]  # the vocoder that was trained
     wav = tmp_path / "synthesis" / f"{held[0]['id']}.wav"
     audio, sr = sf.read(wav)
     assert sr == 22050 and audio.size > 0 and np.isfinite(audio).all()

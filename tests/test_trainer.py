@@ -287,3 +287,23 @@ def test_stages_name_their_memory_options():
 
     for stage, key in (("gpt", "gpt.remat"), ("s2mel", "s2mel.attention"), ("vocoder", "vocoder.remat")):
         assert key in task_class(stage).memory_hints(None), stage  # plain methods: the error message calls them
+
+
+class _SampleCountingToyTask(ToyTask):
+    def __init__(self, config):
+        super().__init__(config)
+        self.samples_at = []
+
+    def write_samples(self, params, writer, step):
+        self.samples_at.append(step)
+
+
+@pytest.mark.parametrize("samples", [True, False])
+def test_log_samples_switches_the_samples_off(tmp_path, samples):
+    cfg = toy_config(steps=6)
+    cfg.log.eval_every_steps = 3
+    cfg.log.num_eval_batches = 0
+    cfg.log.samples = samples
+    task = _SampleCountingToyTask(cfg)
+    train(cfg, str(tmp_path), task)
+    assert task.samples_at == ([3, 6] if samples else [])

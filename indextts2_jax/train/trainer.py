@@ -517,7 +517,7 @@ def _train(config, workdir: str, task: Task, stop_after_steps: int | None, clean
                     ev = evaluate(task, state.params, mesh, int(config.log.num_eval_batches), eval_fn)
                     if ev:
                         writer.scalars(step, ev, prefix="eval")
-                    if is_main:
+                    if is_main and config.log.get("samples", True):
                         task.write_samples(state.params, writer.tb, step)
                 if stop["signal"] or early:
                     log.info("stopping at step %d (%s)", step, "SIGTERM" if stop["signal"] else "stop_after_steps")
