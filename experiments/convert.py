@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--campplus", help="campplus_cn_common.bin (file or folder)")
     p.add_argument("--bigvgan", help="BigVGAN v2 folder (config.json + bigvgan_generator.pt)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="param dtype to store")
+    p.add_argument("--no_emotion_text", action="store_true",
+                   help="do not copy the text-to-emotion folder (config.yaml qwen_emo_path) into the checkpoint")
     return p.parse_args(argv)
 
 
@@ -47,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
                                             bigvgan=args.bigvgan)
         if args.dtype != "float32":
             assets.params = {k: cast_params(v, args.dtype) for k, v in assets.params.items()}
-        out = save_converted(assets, args.out)
+        out = save_converted(assets, args.out, emotion_text=not args.no_emotion_text)
     except (IndexTTS2Error, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"converted {args.model_dir} -> {out}")
+    if assets.extra.get("emotion_text_dir") and not args.no_emotion_text:
+        print(f"copied the text-to-emotion model {assets.extra['emotion_text_dir']} -> {out / 'emotion_text'}")
     print(format_summary(summarize(assets), time.time() - start))
     return 0
 

@@ -39,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bpe_model", default=None,
                    help="with --workdir: the SentencePiece model (default: the GPT stage config's data.bpe_model)")
     p.add_argument("--out", required=True, help="bundle output folder")
+    em = p.add_mutually_exclusive_group()
+    em.add_argument("--emotion_text_model", default=None,
+                    help="text-to-emotion model folder to include (default: the one the checkpoint names, if any)")
+    em.add_argument("--no_emotion_text", action="store_true", help="leave the text-to-emotion model out")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="param dtype of the bundle")
     p.add_argument("--serialize_functions", action="store_true",
                    help="also write jax.export functions (BigVGAN, S2M estimator step) for fixed frame buckets")
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             assets = assets_from_workdirs(args.workdir, bpe_model=args.bpe_model, base=args.base)
         else:
             assets = load_assets(src)  # a converted checkpoint, an official directory (or another bundle)
+        emotion_text = False if args.no_emotion_text else args.emotion_text_model
         out = export_bundle(assets, args.out, dtype=args.dtype, serialize_functions=args.serialize_functions,
+                            emotion_text=emotion_text,
                             buckets=parse_buckets(args.buckets),
                             platforms=tuple(x.strip() for x in args.platforms.split(",") if x.strip()) or None)
         bundle = load_bundle(out)  # re-read: checks every hash
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             for k, c in _components(out).items()]
     print(f"exported {src} -> {out} ({args.dtype})")
     print(format_summary(rows, time.time() - start))
+    if bundle.extra.get("emotion_text_dir"):
+        print(f"text-to-emotion model: {bundle.extra['emotion_text_dir']}")
     fns = sorted(bundle.extra.get("functions", {}))
     if fns:
         print(f"exported functions: {', '.join(fns)}")

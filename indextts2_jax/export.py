@@ -9,6 +9,8 @@
                            CAMPPlus BatchNorm statistics and the DiT ``freqs`` table in float32)
     w2v_stats_mean.npy, w2v_stats_var.npy, spk_matrix.npy, emo_matrix.npy, bpe.model
     functions/<name>.jaxexport   with ``serialize_functions=True``
+    emotion_text/          the text-to-emotion model folder (HF Qwen3 files as they were), when the assets
+                           name one (an official directory's ``qwen_emo_path``) or ``emotion_text=<folder>``
 
 ``load_bundle(path)`` checks every file's size and sha256 before reading (a truncated or corrupt file
 raises :class:`BundleError` naming it) and returns :class:`ModelAssets`. It imports neither torch nor
@@ -49,8 +51,10 @@ import ml_collections
 import numpy as np
 
 from indextts2_jax.convert.official import (
+    EMOTION_TEXT_DIR,
     _config_to_json,
     cast_params,
+    copy_emotion_text_folder,
     read_arrays,
     read_params,
     tree_stats,
@@ -149,12 +153,19 @@ def _export_functions(assets: ModelAssets, params: dict, dtype: str, buckets: di
 # ---------------------------------------------------------------------------------------------
 def export_bundle(assets: ModelAssets, out_dir: str | os.PathLike, dtype: str = "float32",
                   serialize_functions: bool = False, buckets: dict[str, tuple[int, ...]] | None = None,
-                  platforms: tuple[str, ...] | None = None, overwrite: bool = True) -> Path:
+                  platforms: tuple[str, ...] | None = None, overwrite: bool = True,
+                  emotion_text: bool | str | os.PathLike | None = None) -> Path:
     """Write an inference bundle of ``assets`` (see module docstring); returns the folder.
 
     dtype: "float32" or "bfloat16" (params stored in that dtype). serialize_functions: also write the
     ``jax.export`` functions for ``buckets`` (default ``DEFAULT_BUCKETS``: component -> frame counts).
+    emotion_text: the text-to-emotion model folder to include (hashed like every file): None = the one the
+    assets name (``extra["emotion_text_dir"]``) if any, False = none, a path = that folder.
     """
+    if emotion_text is None:
+        emotion_text = assets.extra.get("emotion_text_dir") or False
+    if emotion_text is True:
+        raise ValueError("emotion_text: give a folder, None (the assets' own) or False")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
     out = Path(out_dir)
@@ -182,10 +193,12 @@ def export_bundle(assets: ModelAssets, out_dir: str | os.PathLike, dtype: str = 
             (out / rel).write_bytes(bytes(blob))
             functions[name] = {"file": rel, **spec}
     rels = [c["file"] for c in comps.values()] + list(files.values()) + [f["file"] for f in functions.values()]
+    if emotion_text:
+        rels += copy_emotion_text_folder(emotion_text, out)
     hashes = {rel: {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size} for rel in rels}
     meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "dtype": dtype,
             "config": _config_to_json(assets.config), "components": comps, "files": files, "functions": functions,
-            "sha256": hashes, "source": assets.source}
+            "sha256": hashes, "source": assets.source, "emotion_text": EMOTION_TEXT_DIR if emotion_text else None}
     tmp = out / "bundle.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, out / "bundle.json")
@@ -229,8 +242,9 @@ def verify_bundle(path: str | os.PathLike) -> dict:
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> ModelAssets:
     """Read an inference bundle (no torch, no training code). ``verify`` checks sizes and hashes first.
 
-    ``assets.extra``: ``dtype`` (the param dtype), ``functions`` (name -> spec from bundle.json) and
-    ``bundle_dir``; exported functions are deserialized on demand by :func:`bundle_function`.
+    ``assets.extra``: ``dtype`` (the param dtype), ``functions`` (name -> spec from bundle.json),
+    ``bundle_dir`` and, if the bundle has one, ``emotion_text_dir``; exported functions are deserialized on demand
+    by :func:`bundle_function`.
     """
     root = Path(path)
     if verify:
@@ -244,6 +258,8 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> ModelAssets:
     except (CheckpointError, FileNotFoundError) as e:
         raise BundleError(f"inference bundle {root}: {e}") from e
     extra: dict[str, Any] = {"dtype": meta["dtype"], "functions": meta.get("functions", {}), "bundle_dir": str(root)}
+    if meta.get("emotion_text"):
+        extra["emotion_text_dir"] = str(root / meta["emotion_text"])
     return ModelAssets(config=ml_collections.ConfigDict(meta["config"]), params=params, source=f"bundle:{root}",
                        extra=extra, **arrays)
 

@@ -25,14 +25,23 @@ from indextts2_jax.convert.official import (
 )
 from indextts2_jax.errors import CheckpointError, ModelDirectoryError
 
+QWEN3_TINY = Path(__file__).parent / "data" / "qwen3_tiny"
+
 
 @pytest.fixture(scope="session")
 def tiny_official(tmp_path_factory):
-    """A tiny random-weight official IndexTTS-2 directory (built once per test session)."""
+    """A tiny random-weight official IndexTTS-2 directory (built once per test session), with the tiny Qwen3
+    folder of tests/data/qwen3_tiny as its text-to-emotion model (config.yaml's qwen_emo_path)."""
     pytest.importorskip("torch")
     from indextts2_jax.convert.tiny_official import make_tiny_official_model_dir
 
-    return make_tiny_official_model_dir(tmp_path_factory.mktemp("official") / "IndexTTS-2", seed=0)
+    model = make_tiny_official_model_dir(tmp_path_factory.mktemp("official") / "IndexTTS-2", seed=0)
+    qwen = model.path / "qwen0.6bemo4-merge"
+    qwen.mkdir()
+    for f in QWEN3_TINY.iterdir():
+        if not f.name.startswith("reference."):  # the HF files only
+            shutil.copyfile(f, qwen / f.name)
+    return model
 
 
 def assert_trees_equal(a, b, what=""):

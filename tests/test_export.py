@@ -15,7 +15,13 @@ import pytest
 
 from experiments import convert as convert_cli
 from experiments import export as export_cli
-from indextts2_jax.convert.official import cast_params, component_configs, load_assets, load_converted
+from indextts2_jax.convert.official import (
+    cast_params,
+    component_configs,
+    load_assets,
+    load_converted,
+    load_official_model_dir,
+)
 from indextts2_jax.errors import ModelDirectoryError
 from indextts2_jax.export import BundleError, bundle_function, export_bundle, load_bundle, load_exported
 from tests.test_convert_official import assert_trees_equal, tiny_official  # noqa: F401  (session fixture)
@@ -98,6 +104,35 @@ def test_corrupt_truncated_missing_files_are_named(bundle_f32, tmp_path):
     shutil.copy(bundle_f32 / "spk_matrix.npy", bad / "spk_matrix.npy")
     with pytest.raises(BundleError, match="semantic_codec"):
         load_bundle(bad, verify=False)
+
+
+def test_emotion_text_model_travels_through_conversion_and_export(tiny_official, converted, bundle_f32,  # noqa: F811
+                                                                  tmp_path):
+    """The official directory's text-to-emotion folder (qwen_emo_path) is copied into the converted checkpoint
+    and the bundle (hashed like every file); the loaded assets point at that copy; --no_emotion_text leaves it
+    out; a corrupt copy is named."""
+    from indextts2_jax.infer.emotion_text import QwenEmotion
+
+    src = tiny_official.path / "qwen0.6bemo4-merge"
+    assert load_official_model_dir(tiny_official.path).extra["emotion_text_dir"] == str(src.resolve())
+    assert load_converted(converted).extra["emotion_text_dir"] == str(converted / "emotion_text")
+    bundle = load_bundle(bundle_f32)
+    folder = Path(bundle.extra["emotion_text_dir"])
+    assert folder == bundle_f32 / "emotion_text"
+    meta = json.loads((bundle_f32 / "bundle.json").read_text())
+    assert "emotion_text/model.safetensors" in meta["sha256"] and meta["emotion_text"] == "emotion_text"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in src.iterdir())
+    text = "I am so happy today."
+    assert QwenEmotion(folder).prompt_ids(text) == QwenEmotion(src).prompt_ids(text)
+    plain = tmp_path / "plain"
+    assert export_cli.main(["--checkpoint", str(converted), "--out", str(plain), "--no_emotion_text"]) == 0
+    assert "emotion_text_dir" not in load_bundle(plain).extra and not (plain / "emotion_text").exists()
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_f32, bad)
+    weights = bad / "emotion_text" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(BundleError, match=r"emotion_text/model\.safetensors: .*truncated"):
+        load_bundle(bad)
 
 
 def test_load_bundle_imports_neither_torch_nor_training_code(bundle_f32):

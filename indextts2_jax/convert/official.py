@@ -269,8 +269,10 @@ def convert_official_model_dir(path: str | os.PathLike, **overrides) -> ModelAss
     spk = _tensor(_read_torch(files["spk_matrix"]), files["spk_matrix"], "spk_matrix")
     emo = _tensor(_read_torch(files["emo_matrix"]), files["emo_matrix"], "emo_matrix")
     _check_tables(config, cc, w2v_stats, spk, emo, str(path))
+    found = emotion_text_dir(config, Path(path).resolve())
     return ModelAssets(config=config, params=params, w2v_stats=w2v_stats, spk_matrix=spk, emo_matrix=emo,
-                       bpe_model=files["bpe_model"].read_bytes(), source=f"official:{Path(path).resolve()}")
+                       bpe_model=files["bpe_model"].read_bytes(), source=f"official:{Path(path).resolve()}",
+                       extra={"emotion_text_dir": found} if found else {})
 
 
 def _resolve_config(files: dict[str, Path]) -> ml_collections.ConfigDict:
@@ -414,8 +416,30 @@ def read_arrays(root: Path, files: Mapping[str, str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # converted checkpoints
 # ---------------------------------------------------------------------------------------------
-def save_converted(assets: ModelAssets, out_dir: str | os.PathLike, *, fingerprint: str = "") -> Path:
-    """Write ``assets`` as a converted checkpoint (see module docstring); returns the folder."""
+EMOTION_TEXT_DIR = "emotion_text"  # a checkpoint's or a bundle's copy of the text-to-emotion model folder
+
+
+def copy_emotion_text_folder(src: str | os.PathLike, out: Path) -> list[str]:
+    """Copy the text-to-emotion model folder ``src`` (its top-level files: config.json, tokenizer and generation
+    files, safetensors) to ``out / EMOTION_TEXT_DIR``; returns the copied paths relative to ``out``."""
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise ModelDirectoryError(f"emotion model folder {src}: no config.json (not a Qwen3 model folder)")
+    dst = out / EMOTION_TEXT_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    rels = []
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            shutil.copyfile(f, dst / f.name)
+            rels.append(f"{EMOTION_TEXT_DIR}/{f.name}")
+    return rels
+
+
+def save_converted(assets: ModelAssets, out_dir: str | os.PathLike, *, fingerprint: str = "",
+                   emotion_text: bool = False) -> Path:
+    """Write ``assets`` as a converted checkpoint (see module docstring); returns the folder. ``emotion_text``:
+    also copy the text-to-emotion folder the assets name (``extra["emotion_text_dir"]``), if any, so that the
+    checkpoint stands alone (the conversion cache inside an official directory does not: it has the original)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     comps = {}
@@ -429,6 +453,9 @@ def save_converted(assets: ModelAssets, out_dir: str | os.PathLike, *, fingerpri
     files = write_arrays(assets, out)
     meta = {"format": CONVERTED_FORMAT, "version": CONVERTED_VERSION, "config": _config_to_json(assets.config),
             "components": comps, "files": files, "source": assets.source, "fingerprint": fingerprint}
+    if emotion_text and assets.extra.get("emotion_text_dir"):
+        copy_emotion_text_folder(assets.extra["emotion_text_dir"], out)
+        meta["emotion_text"] = EMOTION_TEXT_DIR
     tmp = out / "converted.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, out / "converted.json")  # written last: its presence marks a complete checkpoint
@@ -448,8 +475,11 @@ def load_converted(out_dir: str | os.PathLike, dtype=None) -> ModelAssets:
     params = {name: cast_params(read_params(root / c["file"], f"{name}"), dtype)
               for name, c in meta["components"].items()}
     arrays = read_arrays(root, meta["files"])
+    extra = {"fingerprint": meta.get("fingerprint", "")}
+    if meta.get("emotion_text"):
+        extra["emotion_text_dir"] = str(root / meta["emotion_text"])
     return ModelAssets(config=ml_collections.ConfigDict(meta["config"]), params=params, source=f"converted:{root}",
-                       extra={"fingerprint": meta.get("fingerprint", "")}, **arrays)
+                       extra=extra, **arrays)
 
 
 # ---------------------------------------------------------------------------------------------
