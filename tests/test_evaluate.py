@@ -292,3 +292,10 @@ def test_cli_recognizer_option(tmp_path, corpus):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["rows"][0]["language"] == "zh" and report["rows"][0]["cer"] == pytest.approx(1 / 6)
     assert "| CER ↓ | % | 1 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_histograms_need_two_values(tmp_path):
+    from indextts2_jax.eval.report import plot_histograms
+
+    one = plot_histograms([{"wer": 0.1, "mcd": 5.0}, {"wer": 0.3, "mcd": float("nan")}], tmp_path)
+    assert set(one) == {"wer"} and Path(one["wer"]).read_bytes()[:4] == b"\x89PNG"  # mcd has one finite value

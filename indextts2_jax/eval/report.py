@@ -114,8 +114,11 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> 
     return "\n".join(lines)
 
 
+MIN_HISTOGRAM_VALUES = 2  # one value makes a one-bar histogram: the report's table already says it
+
+
 def plot_histograms(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> dict[str, str]:
-    """One histogram PNG per metric with at least one value: {metric: path}."""
+    """One histogram PNG per metric with at least ``MIN_HISTOGRAM_VALUES`` finite values: {metric: path}."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -125,7 +128,7 @@ def plot_histograms(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> dict[st
     files = {}
     for key, (label, unit, _, _) in METRICS.items():
         values = _finite(r.get(key) for r in rows)
-        if values.size == 0:
+        if values.size < MIN_HISTOGRAM_VALUES:
             continue
         if key in PERCENT:
             values = values * 100.0
