@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from indextts2_jax.errors import ConfigError
+from indextts2_jax.nn.dit import RMSNorm  # HF Qwen3RMSNorm's numerics: float32 statistics, cast, times the gain
 
 NEG_INF = float(np.finfo(np.float32).min)
 
@@ -75,20 +76,6 @@ class Qwen3Config:
             raise ConfigError(f"config.json: {out.num_attention_heads} attention heads are not a multiple of "
                               f"{out.num_key_value_heads} key/value heads")
         return out
-
-
-class RMSNorm(nn.Module):
-    """HF Qwen3RMSNorm: ``weight * (x * rsqrt(mean(x^2) + eps))``, statistics in float32. x (..., C)."""
-
-    eps: float
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        weight = self.param("weight", nn.initializers.ones_init(), (x.shape[-1],), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
