@@ -103,3 +103,26 @@ def test_checkpoint_of_another_config_is_named():
         qwen3.from_hf(state, qwen3.Qwen3Config(**{**cfg.__dict__, "intermediate_size": 128}))
     with pytest.raises(ConfigError, match="does not use"):
         qwen3.from_hf(state, qwen3.Qwen3Config(**{**cfg.__dict__, "num_hidden_layers": 1}))
+
+
+def test_bfloat16_checkpoint_loads_as_float32(tmp_path, ref):
+    """Qwen3 releases store bfloat16 tensors (the official emotion model too, or float16): they load through
+    safetensors' NumPy reader (ml_dtypes' bfloat16) and run in the asked dtype. Tolerance: the weights lost
+    their low 16 bits (relative 2^-8), so the logits move by ~1e-2 of their scale."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from indextts2_jax.convert.state_dict import load_safetensors
+
+    folder = tmp_path / "bf16"
+    shutil.copytree(FOLDER, folder)
+    state = load_safetensors(FOLDER / "model.safetensors")
+    save_file({k: v.astype(jnp.bfloat16) for k, v in state.items()}, folder / "model.safetensors")
+    assert load_safetensors(folder / "model.safetensors")["model.norm.weight"].dtype == jnp.bfloat16
+    emo = QwenEmotion(folder)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(emo.params))
+    ids = jnp.asarray(ref["prompt_ids"][None])
+    logits, _ = emo.model.apply({"params": emo.params}, ids, emo.model.init_cache(1, ids.shape[1]), 0)
+    err = np.abs(np.asarray(logits[0]) - ref["logits"]).max() / np.abs(ref["logits"]).max()
+    assert 0 < err < 3e-2, err
