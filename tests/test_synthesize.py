@@ -502,6 +502,11 @@ def test_cli_writes_wav_and_json(tts, prompts, tmp_path, capsys):
         cli.main(["--model", "unused", "--text", "hello.", "--speaker_prompt", str(tmp_path / "nope.wav"),
                   "--out", str(missing), "--stream", "--no_progress"], tts=tts)
     assert not missing.exists()
+    # --emotion_text reaches the job (this model has no emotion model folder: the clear error, nothing written)
+    with pytest.raises(pipeline.EmotionTextUnavailableError, match="emotion_text_model"):
+        cli.main(["--model", "unused", "--text", "hello.", "--speaker_prompt", prompts["spk"], "--out", str(missing),
+                  "--emotion_text", "I am so happy!", "--no_progress"], tts=tts)
+    assert not missing.exists()
 
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps(j) for j in [
