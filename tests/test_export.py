@@ -127,6 +127,16 @@ def test_emotion_text_model_travels_through_conversion_and_export(tiny_official,
     plain = tmp_path / "plain"
     assert export_cli.main(["--checkpoint", str(converted), "--out", str(plain), "--no_emotion_text"]) == 0
     assert "emotion_text_dir" not in load_bundle(plain).extra and not (plain / "emotion_text").exists()
+    # the standalone launcher finds the folder from each kind of model path
+    from experiments import emotion_text as emo_cli
+
+    for model in (src, tiny_official.path, converted, bundle_f32):
+        assert emo_cli.emotion_folder(str(model)).resolve() in {src.resolve(), folder.resolve(),
+                                                                 (converted / "emotion_text").resolve()}
+    (row,) = emo_cli.main(["--model", str(bundle_f32), "--text", text, "--greedy", "--max_new_tokens", "6"])
+    assert row["tokens"] <= 6 and len(row["vector"]) == 8
+    with pytest.raises(SystemExit):
+        emo_cli.main(["--model", str(plain), "--text", text])
     bad = tmp_path / "bad"
     shutil.copytree(bundle_f32, bad)
     weights = bad / "emotion_text" / "model.safetensors"
