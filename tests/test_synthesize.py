@@ -409,6 +409,11 @@ def test_emotion_text_gives_the_vector_mode_with_the_models_weights(tts, prompts
     np.testing.assert_array_equal(wave, want)
     _, _, r2 = model.synthesize("hello world.", spk, use_emotion_text=True, emotion_vector=[0] * 8, **GREEDY)
     assert r2["emotion_text"]["text"] == "hello world." and any("emotion_vector ignored" in w for w in r2["warnings"])
+    qwen.max_text_chars = 8  # a long text to speak is read by its beginning; an explicit emotion_text must fit
+    _, _, r3 = model.synthesize("hello world.", spk, use_emotion_text=True, **GREEDY)
+    assert r3["emotion_text"]["text"] == "hello wo" and any("first 8 of 12" in w for w in r3["warnings"])
+    with pytest.raises(errors.ConfigError, match="at most 8"):
+        model.synthesize("hello world.", spk, emotion_text="far too long", **GREEDY)
     # an official directory names its folder (config.yaml qwen_emo_path) when the folder is there
     cfg2 = tts.assets.config.copy_and_resolve_references()
     cfg2.model.qwen_emo_path = "qwen3_tiny/ "

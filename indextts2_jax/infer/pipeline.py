@@ -600,9 +600,16 @@ class IndexTTS2:
 
     def _emotion_from_text(self, job: dict, report: dict) -> list[float]:
         """The 8 emotion weights that the text-to-emotion model reads in ``emotion_text`` (default: the text)."""
+        model = self.emotion_text_model()
         text = job.get("emotion_text")
-        text = text if text is not None else job.get("text")
-        result = self.emotion_text_model()(text if isinstance(text, str) else "", seed=int(job.get("seed") or 0))
+        if text is None:  # the text to speak: a long one is read by its beginning (an explicit one must fit)
+            text = job.get("text") if isinstance(job.get("text"), str) else ""
+            if len(text) > model.max_text_chars:
+                report.setdefault("warnings", []).append(
+                    f"text-to-emotion read the first {model.max_text_chars} of {len(text)} characters of the text "
+                    "(pass emotion_text for another passage)")
+                text = text[: model.max_text_chars]
+        result = model(text if isinstance(text, str) else "", seed=int(job.get("seed") or 0))
         report["emotion_text"] = {"text": text, "scores": result.scores, "reply": result.reply,
                                   "tokens": result.tokens, "finished": result.finished,
                                   "seconds": round(result.seconds, 3), "cached": result.cached}
