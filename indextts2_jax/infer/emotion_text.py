@@ -295,7 +295,7 @@ class QwenEmotion:
         self.cache_size = int(cache_size)
         self.dtype = dtype
         self.model = qwen3.Qwen3LM(self.config, dtype=dtype, param_dtype=dtype)
-        self._answers: collections.OrderedDict = collections.OrderedDict()  # (text, seed, greedy) -> result
+        self._answers: collections.OrderedDict = collections.OrderedDict()  # (text, seed, greedy, max new) -> result
         self.params = jax.tree_util.tree_map(
             jnp.asarray, qwen3.from_hf(load_qwen3_weights(self.folder), self.config, dtype=np.dtype(dtype)))
 
@@ -331,10 +331,11 @@ class QwenEmotion:
         if len(text) > self.max_text_chars:
             raise ConfigError(f"emotion text has {len(text)} characters; at most {self.max_text_chars} "
                               "(pass a shorter emotion_text)")
-        key = (text, int(seed), bool(greedy))
+        key = (text, int(seed), bool(greedy), self.max_new_tokens)
         if key in self._answers:  # decoding is deterministic given the seed: the same answer, no model call
             self._answers.move_to_end(key)
-            return dataclasses.replace(self._answers[key], seconds=0.0, cached=True)
+            hit = self._answers[key]
+            return dataclasses.replace(hit, scores=dict(hit.scores), seconds=0.0, cached=True)
         t0 = time.perf_counter()
         tokens, finished = self.generate(text, seed=seed, greedy=greedy)
         reply = self.reply_text(tokens)
