@@ -95,16 +95,15 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class Qwen3Block(nn.Module):
-    """One decoder layer. ``__call__((x, cos, sin, mask, index), cache)`` with x (B, S, D), cos/sin (B, S, hd),
-    mask (B, 1, S, T) bool, index scalar int32, cache {"k", "v"} (B, KV, T, hd) -> ((x', ...), new cache)."""
+    """One decoder layer. ``__call__(x, cos, sin, mask, index, cache)`` with x (B, S, D), cos/sin (B, S, hd),
+    mask (B, 1, S, T) bool, index scalar int32, cache {"k", "v"} (B, KV, T, hd) -> (x', new cache)."""
 
     config: Qwen3Config
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, carry, cache):
-        x, cos, sin, mask, index = carry
+    def __call__(self, x, cos, sin, mask, index, cache):
         c = self.config
         b, s, _ = x.shape
         h, kv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -128,7 +127,7 @@ class Qwen3Block(nn.Module):
         gate = nn.Dense(c.intermediate_size, use_bias=False, name="gate_proj", **dense)(y)
         up = nn.Dense(c.intermediate_size, use_bias=False, name="up_proj", **dense)(y)
         x = x + nn.Dense(c.hidden_size, use_bias=False, name="down_proj", **dense)(nn.silu(gate) * up)
-        return (x, cos, sin, mask, index), {"k": keys, "v": values}
+        return x, {"k": keys, "v": values}
 
 
 class Qwen3LM(nn.Module):
@@ -151,7 +150,7 @@ class Qwen3LM(nn.Module):
         return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(c.num_hidden_layers)]
 
     @nn.compact
-    def __call__(self, ids: jax.Array, cache: dict, index, logits_at: jax.Array | None = None):
+    def __call__(self, ids: jax.Array, cache: list[dict], index, logits_at: jax.Array | None = None):
         c = self.config
         b, s = ids.shape
         t = cache[0]["k"].shape[2]
@@ -162,11 +161,11 @@ class Qwen3LM(nn.Module):
         positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
         mask = (jnp.arange(t)[None, :] <= positions[..., None])[:, None]  # (B, 1, S, T)
-        carry, new_cache = (x, cos, sin, mask, index), []
+        new_cache = []
         for i in range(c.num_hidden_layers):
-            carry, layer_cache = Qwen3Block(c, self.dtype, self.param_dtype, name=f"layers_{i}")(carry, cache[i])
+            x, layer_cache = Qwen3Block(c, self.dtype, self.param_dtype, name=f"layers_{i}")(x, cos, sin, mask,
+                                                                                              index, cache[i])
             new_cache.append(layer_cache)
-        x = carry[0]
         x = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm")(x)
         if logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]
