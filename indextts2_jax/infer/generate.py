@@ -167,6 +167,15 @@ def apply_top_k(scores: jax.Array, top_k: int, min_tokens_to_keep: int = 1) -> j
     return jnp.where(scores < kth, NEG_INF, scores)
 
 
+def top_candidates(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k(scores, k)`` (values, indices; (..., k) each) for callers that read them column by column.
+
+    Without the barrier XLA folds such column reads into the top-k's own slice, and XLA:CPU then sorts the
+    whole row instead of running its TopK kernel (which it does only when the k columns are read as one):
+    for beam search's (1, 3 x 8194) candidates 4.0 ms per step against 0.05 ms."""
+    return lax.optimization_barrier(lax.top_k(scores, k))
+
+
 def apply_top_p(scores: jax.Array, top_p: float, min_tokens_to_keep: int = 1, candidates: int = 0) -> jax.Array:
     """HF TopP: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, keep the
     ``min_tokens_to_keep`` most likely. scores (B, V).
@@ -447,7 +456,7 @@ def _decode_beam(runner: _Runner, decode: _Static, knobs, logits0, caches, key_v
             cand_scores = jnp.take_along_axis(cand_scores, order, axis=1)
             picked = jnp.take_along_axis(picked, order, axis=1)
         else:
-            cand_scores, picked = lax.top_k(total, n_cand)
+            cand_scores, picked = top_candidates(total, n_cand)
         cand_beam, cand_tok = picked // v, picked % v
 
         done = state["done"]
