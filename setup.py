@@ -49,6 +49,7 @@ setup(
             "indextts2-synthesize=experiments.synthesize:run",
             "indextts2-serve=experiments.serve:run",
             "indextts2-convert=experiments.convert:run",
+            "indextts2-encode=experiments.encode:run",
             "indextts2-export=experiments.export:run",
             "indextts2-emotion-text=experiments.emotion_text:run",
         ],

@@ -160,9 +160,11 @@ class ModelFeatures:
     """The frozen front-end models of one IndexTTS-2 checkpoint, ready for batched feature extraction.
 
     Args:
-        model_path: official model dir / converted checkpoint / bundle (see ``load_assets``).
+        model_path: official model dir / converted checkpoint / bundle (see ``load_assets``), or loaded
+            :class:`~indextts2_jax.infer.assets.ModelAssets`.
         semantic: load w2v-BERT (and the normalization stats); codec: also the semantic codec;
-        style: CAMPPlus.
+        style: CAMPPlus. A model with the demo's stacked-mel front end (``front_end == "mel"``) has no
+            w2v-BERT: there ``semantic`` is ignored and :meth:`codes` reads the stacked log-mel.
         batch_size: most utterances per w2v-BERT / CAMPPlus call. frame_bucket: stacked frames are padded
             to a multiple of it (bounds recompiles; ~1.3 s of audio per step at 50 Hz for 64).
             style_frame_bucket: the same for the CAMPPlus fbank frames (100 Hz).
@@ -178,13 +180,23 @@ class ModelFeatures:
 
         from indextts2_jax.convert.official import component_configs, load_assets
         from indextts2_jax.errors import ConfigError
+        from indextts2_jax.infer.assets import ModelAssets
         from indextts2_jax.models import campplus, semantic_codec, w2v_bert
 
-        if not model_path:
+        if isinstance(model_path, ModelAssets):
+            assets = model_path
+        elif not model_path:
             raise ConfigError("model features need a model (--model PATH)")
-        assets = load_assets(model_path)
+        else:
+            assets = load_assets(model_path)
         self.source = assets.source or str(model_path)
         cc = component_configs(assets.config)
+        self.front_end = cc.semantic_features  # "w2v_bert" (official) or "mel" (the demo's stand-in)
+        self.code_rate = cc.semantic_rate  # codes per second of audio
+        if self.front_end == "mel":
+            cc.check_front_end()
+            semantic = False
+            self.mel_config = assets.config.model.s2mel.preprocess_params
         self.batch_size = max(1, int(batch_size))
         self.frame_bucket = max(1, int(frame_bucket))
         self.style_frame_bucket = max(8, int(style_frame_bucket))
@@ -195,7 +207,7 @@ class ModelFeatures:
         self._embed = self._quantize = self._campplus = None
         self.w2v_params = self.codec_params = self.campplus_variables = None
 
-        if semantic or codec:
+        if (semantic or codec) and self.front_end == "w2v_bert":
             n = self.w2v_config.layers_for_embedding
             params = dict(assets.params["w2v_bert"])
             layers = params.get("encoder", {})
@@ -239,6 +251,11 @@ class ModelFeatures:
         """Per waveform ``(features (T, H) float32, codes (T,) int32 or None)``, in input order."""
         from indextts2_jax.audio import w2v_bert_features
 
+        if self.front_end == "mel":
+            from indextts2_jax.errors import ConfigError
+
+            raise ConfigError(f"{self.source}: this model reads the demo's stacked log-mel, not w2v-BERT features "
+                              "(its semantic_features is 'mel'): use the mel_stacked feature, or codes()")
         if self._embed is None:
             raise RuntimeError("ModelFeatures was built with semantic=False")
         if codes and self._quantize is None:
@@ -263,6 +280,42 @@ class ModelFeatures:
                 n = int(mask[row].sum())
                 c = None if code_arr is None else np.ascontiguousarray(code_arr[row, :n], np.int32)
                 out[i] = (np.ascontiguousarray(hidden[row, :n]), c)
+        return out
+
+    def codes(self, waves_22k: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per 22.05 kHz waveform its semantic codes ``(T,)`` int32, in input order: what the GPT predicts.
+
+        The front end of the model: w2v-BERT on the waveform resampled to 16 kHz (infer_v2's speaker-prompt
+        path, ``audio.load_speaker_prompt``; :meth:`semantic`), or the demo's stacked log-mel (two 22.05 kHz
+        mel frames per code, as ``data_pipeline.preprocess`` computes ``mel_stacked``); then the codec's
+        ``quantize``. Batched like :meth:`semantic` (rows sorted by length, padded and masked); each row's
+        codes equal those of the waveform run alone (``IndexTTS2.semantic_codes``).
+        """
+        from indextts2_jax.audio import resample_22k_to_16k
+
+        if self._quantize is None:
+            raise RuntimeError("ModelFeatures was built with codec=False")
+        waves = [np.asarray(w, np.float32).reshape(-1) for w in waves_22k]
+        if self.front_end == "w2v_bert":
+            return [c for _, c in self.semantic([resample_22k_to_16k(w) for w in waves], codes=True)]
+        from indextts2_jax.infer.pipeline import stacked_mel_features
+
+        feats = [stacked_mel_features(w, self.mel_config) for w in waves]
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+        out: list[Any] = [None] * len(feats)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            rows = _pow2_at_most(len(idx), self.batch_size)
+            t = _bucket(max(feats[i].shape[0] for i in idx), self.frame_bucket)
+            batch = np.zeros((rows, t, feats[idx[0]].shape[1]), np.float32)
+            mask = np.zeros((rows, t), np.int32)
+            mask[len(idx):, 0] = 1  # dummy rows: one valid frame
+            for row, i in enumerate(idx):
+                batch[row, : feats[i].shape[0]] = feats[i]
+                mask[row, : feats[i].shape[0]] = 1
+            code_arr = np.asarray(self._quantize(self.codec_params, batch, mask))
+            for row, i in enumerate(idx):
+                out[i] = np.ascontiguousarray(code_arr[row, : feats[i].shape[0]], np.int32)
         return out
 
     def style(self, waves_16k: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -55,7 +55,7 @@ import numpy as np
 
 from data_pipeline import shards as shard_io
 from data_pipeline.manifest import SPLITS, Utterance, read_manifest, speakers_of, split_of
-from indextts2_jax.errors import AudioError
+from indextts2_jax.errors import AudioError, ConfigError
 
 __all__ = [
     "Feature",
@@ -250,6 +250,9 @@ def _batch_w2v_bert(ctxs: Sequence[_Context]) -> list[dict[str, Any]]:
 
 
 def _batch_semantic_codes(ctxs: Sequence[_Context]) -> list[dict[str, Any]]:
+    models = _models_of(ctxs)
+    if models.front_end == "mel":  # the demo's stacked log-mel front end: codes of the 22.05 kHz audio
+        return [{"semantic_codes": c} for c in models.codes([ctx.wave_22k for ctx in ctxs])]
     _ensure_semantic(ctxs)
     return [{"semantic_codes": c._cache["semantic"][1]} for c in ctxs]
 
@@ -283,7 +286,8 @@ FEATURES: dict[str, Feature] = {f.name: f for f in [
                                               "~50 Hz; T2 = valid stacked frames = floor(F / 2)"},
             _one(_batch_w2v_bert), lengths=("semantic_features",), compute_batch=_batch_w2v_bert, needs_model=True),
     Feature("semantic_codes", {"semantic_codes": "(T2,) int32 MaskGCT semantic codec codes of the w2v-BERT "
-                                                 "semantic features (the GPT targets)"},
+                                                 "semantic features (the GPT targets; of the stacked mel for a "
+                                                 "model with the demo's front end)"},
             _one(_batch_semantic_codes), lengths=("semantic_codes",), compute_batch=_batch_semantic_codes,
             needs_model=True),
     Feature("campplus", {"speaker_embedding": "(192,) float32 CAMPPlus speaker embeddings (S2M style) of the "
@@ -371,6 +375,9 @@ class FeatureExtractor:
                 options.model, semantic="w2v_bert" in model_feats or "semantic_codes" in model_feats,
                 codec="semantic_codes" in model_feats, style="campplus" in model_feats,
                 batch_size=options.model_batch_size, frame_bucket=options.model_frame_bucket)
+            if self.models.front_end == "mel" and "w2v_bert" in model_feats:
+                raise ConfigError(f"feature 'w2v_bert': the model {options.model} reads the demo's stacked log-mel "
+                                  "(semantic_features 'mel'), not w2v-BERT features: use 'mel_stacked'")
         self.tokenizer = None
         if options.bpe_model:
             from indextts2_jax.text.tokenizer import TextTokenizer

@@ -1,0 +1,159 @@
+"""``python -m experiments.encode``: audio files to semantic codes, batched, resumable, bad files skipped.
+
+Random tiny models of both semantic front ends (w2v-BERT, as the official model; the demo's stacked log-mel).
+The codes of the batch job must equal the synthesizer's one-file path (``IndexTTS2.semantic_codes``, the
+front end run alone at the file's own length) exactly.
+"""
+
+import functools
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+import soundfile as sf
+
+from experiments import encode
+
+
+def _voiced(seconds: float, sr: int, f0: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    wave = sum(0.15 / k * np.sin(2 * np.pi * k * f0 * t * (1 + 0.05 * np.sin(3 * t))) for k in range(1, 5))
+    return (wave * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t) ** 2) + 0.01 * rng.standard_normal(t.shape)).astype(
+        np.float32)
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    """Five files of different lengths and rates (one stereo), a corrupt file and a silent one."""
+    root = tmp_path_factory.mktemp("audio")
+    for i, (seconds, sr) in enumerate([(0.6, 22050), (1.4, 16000), (0.9, 24000), (2.1, 22050), (1.1, 44100)]):
+        wave = _voiced(seconds, sr, 110 + 25 * i, i)
+        if i == 4:
+            wave = np.stack([wave, 0.5 * wave], axis=1)
+        sf.write(str(root / f"u{i}.wav"), wave, sr, subtype="PCM_16")
+    (root / "bad.wav").write_bytes(b"RIFF" + np.random.default_rng(9).bytes(300))
+    sf.write(str(root / "silent.wav"), np.zeros(22050, np.float32), 22050, subtype="PCM_16")
+    return root
+
+
+def _mel_front_end_config():
+    """The demo's model sizes with its stacked-mel front end (no w2v-BERT), as an exported demo bundle has."""
+    from configs import demo
+
+    c = demo.get_config("scale=1")
+    out = ml_collections.ConfigDict()
+    out.model, out.aux, out.inference = c.model, c.aux, c.inference
+    out.inference.semantic_features = "mel"
+    out.extensions = ml_collections.ConfigDict({"gpt": {"condition_input_size": c.gpt.condition_input_size,
+                                                        "emotion_dim": c.gpt.emotion_dim}})
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _assets(front_end: str):
+    from indextts2_jax.infer import random_assets as ra
+
+    return ra.random_assets(ra.tiny_config(minimal=True) if front_end == "w2v_bert" else _mel_front_end_config(), 0)
+
+
+@pytest.fixture(scope="module", params=["w2v_bert", "mel"])
+def model(request):
+    """(front end, assets, ModelFeatures) of a random tiny model."""
+    from data_pipeline.model_features import ModelFeatures
+
+    assets = _assets(request.param)
+    feats = ModelFeatures(assets, semantic=False, codec=True, style=False, batch_size=2)
+    assert feats.front_end == request.param
+    return request.param, assets, feats
+
+
+def test_encode_equals_one_file_path_skips_bad_files_and_resumes(model, audio_dir, tmp_path):
+    from indextts2_jax.infer.pipeline import IndexTTS2
+
+    front_end, assets, feats = model
+    good = [str(audio_dir / f"u{i}.wav") for i in range(5)]
+    bad = [str(audio_dir / "bad.wav"), str(audio_dir / "silent.wav"), str(audio_dir / "missing.wav")]
+    out = tmp_path / "codes.jsonl"
+
+    # a first run over three files (chunks of 2: two appends), then the whole list: only the rest is encoded
+    first = encode.main(["--model", "unused", "--out", str(out), "--chunk", "2", "--batch_size", "2", "--no_progress",
+                         *good[:3]], features=feats)
+    assert (first["encoded"], first["skipped"], first["already_done"]) == (3, 0, 0)
+    with open(out, "a", encoding="utf-8") as f:  # a line cut by a kill mid-write is dropped and redone
+        f.write('{"audio": "' + good[3] + '", "codes": [1, 2')
+    second = encode.main(["--model", "unused", "--out", str(out), "--chunk", "3", "--batch_size", "2", "--no_progress",
+                          *good, *bad], features=feats)
+    assert (second["encoded"], second["already_done"], second["skipped"]) == (2, 3, 3)
+    assert second["skipped_by_reason"] == {"AudioDecodeError": 1, "SilentAudioError": 1, "AudioFileNotFoundError": 1}
+    assert {s["audio"] for s in second["skipped_files"]} == set(bad)
+    assert second["front_end"] == front_end
+
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["audio"] for r in lines] == good  # each file once, in the order given
+    tts = IndexTTS2(assets)
+    for r in lines:
+        want = tts.semantic_codes(r["audio"])
+        np.testing.assert_array_equal(np.asarray(r["codes"], np.int32), want)
+        assert r["num_codes"] == len(r["codes"]) > 0
+        assert r["num_codes"] == pytest.approx(r["seconds"] * feats.code_rate, abs=2)
+    assert second["codes"] == sum(r["num_codes"] for r in lines[3:])
+
+    # all done: nothing to encode, nothing loaded (no --model needed to exist)
+    third = encode.main(["--model", str(tmp_path / "nowhere"), "--out", str(out), "--no_progress", *good])
+    assert (third["encoded"], third["already_done"]) == (0, 5)
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 5
+
+
+def test_encode_inputs_from_a_list_and_a_folder(audio_dir, tmp_path):
+    lst = tmp_path / "files.txt"
+    lst.write_text(f"{audio_dir / 'u1.wav'}\n\n{audio_dir / 'u0.wav'}\n", encoding="utf-8")
+    args = encode.build_parser().parse_args(["--model", "m", "--out", "o", f"{audio_dir}/./u0.wav",
+                                             "--list", str(lst), "--dir", str(audio_dir), "--glob", "u[34].wav"])
+    assert encode._inputs(args, encode.build_parser()) == [str(audio_dir / n) for n in
+                                                           ("u0.wav", "u1.wav", "u3.wav", "u4.wav")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "o.jsonl"], "no audio"),
+    (["--out", "o.jsonl", "--dir", "/nonexistent_dir_xyz"], "not a folder"),
+    (["--out", "o.jsonl", "a.wav", "--min_seconds", "0"], "--min_seconds"),
+    (["--out", "o.jsonl", "a.wav", "--batch_size", "0"], "--batch_size"),
+])
+def test_encode_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        encode.main(["--model", "m", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_encode_reports_a_model_that_is_not_there(tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), _voiced(0.5, 22050, 120, 0), 22050)
+    with pytest.raises(SystemExit) as e:
+        encode.run(["--model", str(tmp_path / "no_model"), "--out", str(tmp_path / "o.jsonl"), str(wav)])
+    assert e.value.code == 2 and "no_model" in capsys.readouterr().err
+
+
+def test_preprocess_codes_of_a_demo_front_end_model(audio_dir, tmp_path):
+    """``data_pipeline.preprocess``'s ``semantic_codes`` with a stacked-mel model (an exported demo bundle): the
+    codes of the synthesizer's path; the ``w2v_bert`` feature, which such a model cannot give, is refused."""
+    from data_pipeline import preprocess as pp
+    from data_pipeline import shards as shard_io
+    from data_pipeline.manifest import Utterance
+    from indextts2_jax.errors import ConfigError
+    from indextts2_jax.export import export_bundle
+    from indextts2_jax.infer.pipeline import IndexTTS2
+
+    assets = _assets("mel")
+    bundle = export_bundle(assets, tmp_path / "bundle")
+    utts = [Utterance(f"u{i}", str(audio_dir / f"u{i}.wav"), f"number {i}.", "spk0") for i in (0, 3)]
+    opts = pp.PreprocessOptions(features=("semantic_codes",), model=str(bundle), model_batch_size=2)
+    pp.preprocess(utts, tmp_path / "shards", opts, num_shards=1, valid_fraction=0.0, progress=False)
+    recs = {r["id"]: r for p in shard_io.list_shards(tmp_path / "shards", "train") for r in shard_io.read_shard(p)}
+    tts = IndexTTS2(assets)
+    assert sorted(recs) == ["u0", "u3"]
+    for u in utts:
+        np.testing.assert_array_equal(recs[u.id]["semantic_codes"], tts.semantic_codes(u.audio_path))
+    with pytest.raises(ConfigError, match="stacked log-mel"):
+        pp.FeatureExtractor(pp.PreprocessOptions(features=("w2v_bert",), model=str(bundle)))
