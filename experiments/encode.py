@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from experiments import run_cli
+from experiments import random_model_assets, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,15 +94,9 @@ def load_features(spec: str, dtype: str, batch_size: int):
     """``ModelFeatures`` with the codec only, for ``--model``'s path or ``random:tiny|official``."""
     from data_pipeline.model_features import ModelFeatures
 
-    model = spec
-    if spec.startswith("random:"):
-        from indextts2_jax.infer import random_assets as ra
-
-        size = spec.split(":", 1)[1]
-        if size not in ("tiny", "official"):
-            raise SystemExit(f"--model {spec}: expected random:tiny or random:official")
-        model = ra.random_assets(ra.tiny_config() if size == "tiny" else ra.official_config(), 0)
-    return ModelFeatures(model, semantic=False, codec=True, style=False, batch_size=batch_size, dtype=dtype)
+    assets = random_model_assets(spec)
+    return ModelFeatures(spec if assets is None else assets, semantic=False, codec=True, style=False,
+                         batch_size=batch_size, dtype=dtype)
 
 
 def main(argv=None, features=None) -> dict:

@@ -35,7 +35,7 @@ import json
 import sys
 from pathlib import Path
 
-from experiments import run_cli
+from experiments import random_model_assets, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,14 +102,9 @@ def load_model(spec: str, dtype: str, **kwargs):
 
     from indextts2_jax.infer.pipeline import IndexTTS2
 
-    if spec.startswith("random:"):
-        from indextts2_jax.infer import random_assets as ra
-
-        size = spec.split(":", 1)[1]
-        if size not in ("tiny", "official"):
-            raise SystemExit(f"--model {spec}: expected random:tiny or random:official")
-        config = ra.tiny_config() if size == "tiny" else ra.official_config()
-        return IndexTTS2(ra.random_assets(config, 0), dtype=jnp.dtype(dtype), **kwargs)
+    assets = random_model_assets(spec)
+    if assets is not None:
+        return IndexTTS2(assets, dtype=jnp.dtype(dtype), **kwargs)
     return IndexTTS2.from_pretrained(spec, dtype=jnp.dtype(dtype), **kwargs)
 
 

@@ -157,3 +157,11 @@ def test_preprocess_codes_of_a_demo_front_end_model(audio_dir, tmp_path):
         np.testing.assert_array_equal(recs[u.id]["semantic_codes"], tts.semantic_codes(u.audio_path))
     with pytest.raises(ConfigError, match="stacked log-mel"):
         pp.FeatureExtractor(pp.PreprocessOptions(features=("w2v_bert",), model=str(bundle)))
+
+
+def test_random_model_specs():
+    from experiments import random_model_assets
+
+    assert random_model_assets("checkpoints/IndexTTS-2") is None  # a path: loaded by the launcher
+    with pytest.raises(SystemExit, match="random:tiny or random:official"):
+        random_model_assets("random:huge")
