@@ -181,14 +181,19 @@ class ModelFeatures:
         from indextts2_jax.convert.official import component_configs, load_assets
         from indextts2_jax.errors import ConfigError
         from indextts2_jax.infer.assets import ModelAssets
+        from indextts2_jax.infer.configs import semantic_front_end
         from indextts2_jax.models import campplus, semantic_codec, w2v_bert
+
+        def needed(config) -> list[str]:  # only these params are read from disk
+            w2v = (semantic or codec) and semantic_front_end(config) == "w2v_bert"
+            return [n for n, use in (("w2v_bert", w2v), ("semantic_codec", codec), ("campplus", style)) if use]
 
         if isinstance(model_path, ModelAssets):
             assets = model_path
         elif not model_path:
             raise ConfigError("model features need a model (--model PATH)")
         else:
-            assets = load_assets(model_path)
+            assets = load_assets(model_path, components=needed)
         self.source = assets.source or str(model_path)
         cc = component_configs(assets.config)
         self.front_end = cc.semantic_features  # "w2v_bert" (official) or "mel" (the demo's stand-in)

@@ -84,5 +84,9 @@ class CheckpointError(IndexTTS2Error, ValueError):
     """A checkpoint does not match the model: missing/unexpected keys or shape mismatches."""
 
 
+class MissingComponentsError(CheckpointError):
+    """A loader was asked for components (``components=``) that the model does not have."""
+
+
 class ModelDirectoryError(IndexTTS2Error, FileNotFoundError):
     """An official model directory lacks required files (the message lists them)."""

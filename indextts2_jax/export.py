@@ -57,6 +57,7 @@ from indextts2_jax.convert.official import (
     copy_emotion_text_folder,
     read_arrays,
     read_params,
+    selected_components,
     tree_stats,
     write_arrays,
     write_params,
@@ -239,8 +240,9 @@ def verify_bundle(path: str | os.PathLike) -> dict:
     return meta
 
 
-def load_bundle(path: str | os.PathLike, verify: bool = True) -> ModelAssets:
-    """Read an inference bundle (no torch, no training code). ``verify`` checks sizes and hashes first.
+def load_bundle(path: str | os.PathLike, verify: bool = True, components=None) -> ModelAssets:
+    """Read an inference bundle (no torch, no training code). ``verify`` checks sizes and hashes first (of
+    every file); ``components`` (None: all) reads only those params.
 
     ``assets.extra``: ``dtype`` (the param dtype), ``functions`` (name -> spec from bundle.json),
     ``bundle_dir`` and, if the bundle has one, ``emotion_text_dir``; exported functions are deserialized on demand
@@ -251,9 +253,9 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> ModelAssets:
         meta = verify_bundle(root)
     else:
         meta = json.loads((root / "bundle.json").read_text())
+    listed = selected_components(meta["components"], components, f"inference bundle {root}", meta["config"])
     try:
-        params = {name: read_params(root / c["file"], f"bundle component {name}")
-                  for name, c in meta["components"].items()}
+        params = {name: read_params(root / c["file"], f"bundle component {name}") for name, c in listed.items()}
         arrays = read_arrays(root, meta["files"])
     except (CheckpointError, FileNotFoundError) as e:
         raise BundleError(f"inference bundle {root}: {e}") from e

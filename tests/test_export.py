@@ -217,3 +217,31 @@ def test_load_assets_dispatches_on_what_the_folder_is(tiny_official, converted, 
         == "bfloat16"
     with pytest.raises(ModelDirectoryError, match="not an inference bundle"):
         load_assets(tmp_path)
+
+
+def test_loaders_read_only_the_named_components(tiny_official, converted, bundle_f32, tmp_path):  # noqa: F811
+    """``components`` (names, or a function of the config) keeps only those params, from every kind of folder;
+    a converted checkpoint then does not read the other files at all; an absent name is an error."""
+    from indextts2_jax.errors import MissingComponentsError
+    from indextts2_jax.infer.configs import semantic_front_end
+
+    def by_front_end(config):
+        return ["w2v_bert", "semantic_codec"] if semantic_front_end(config) == "w2v_bert" else ["semantic_codec"]
+
+    for path in (bundle_f32, converted, tiny_official.path):
+        for components in (("campplus", "semantic_codec"), by_front_end):
+            assets = load_assets(path, components=components)
+            want = ["campplus", "semantic_codec"] if isinstance(components, tuple) else ["semantic_codec", "w2v_bert"]
+            assert sorted(assets.params) == want, path
+            for name in want:
+                assert_trees_equal(assets.params[name], tiny_official.params[name], f"{path} {name}")
+            assert assets.w2v_stats is not None and assets.bpe_model
+        with pytest.raises(MissingComponentsError, match=r"lacks the components \['vocoder'\]"):
+            load_assets(path, components=("gpt", "vocoder"))
+    partial = tmp_path / "partial"
+    shutil.copytree(converted, partial)
+    meta = json.loads((partial / "converted.json").read_text())
+    (partial / meta["components"]["gpt"]["file"]).unlink()  # the GPT's weights are gone: not needed here
+    assert sorted(load_converted(partial, components=["bigvgan"]).params) == ["bigvgan"]
+    with pytest.raises(FileNotFoundError):
+        load_converted(partial)

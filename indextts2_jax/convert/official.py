@@ -52,7 +52,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from indextts2_jax.errors import CheckpointError, ConfigError, ModelDirectoryError
+from indextts2_jax.errors import CheckpointError, ConfigError, MissingComponentsError, ModelDirectoryError
 from indextts2_jax.infer.assets import COMPONENTS, ModelAssets
 from indextts2_jax.infer.configs import component_configs  # noqa: F401  (re-exported: one wiring for all)
 
@@ -462,8 +462,25 @@ def save_converted(assets: ModelAssets, out_dir: str | os.PathLike, *, fingerpri
     return out
 
 
-def load_converted(out_dir: str | os.PathLike, dtype=None) -> ModelAssets:
-    """Read a converted checkpoint (no torch). ``dtype`` casts the params (see :func:`cast_params`)."""
+def selected_components(listed: Mapping[str, Any], components, where: str, config=None) -> dict[str, Any]:
+    """The entries of ``listed`` (component name -> file entry) that ``components`` names (None: all).
+
+    ``components``: names, or a function of the model's ``config`` giving them (what a job needs can depend on
+    the config, e.g. its semantic front end). A loader reads only these files, so a job that needs a few
+    components (audio to codes, preprocessing) holds no other weights. A name that ``listed`` lacks raises
+    CheckpointError naming ``where``."""
+    if components is None:
+        return dict(listed)
+    wanted = set(components(config) if callable(components) else components)
+    missing = sorted(wanted - set(listed))
+    if missing:
+        raise MissingComponentsError(f"{where} lacks the components {missing} (it has {sorted(listed)})")
+    return {name: entry for name, entry in listed.items() if name in wanted}
+
+
+def load_converted(out_dir: str | os.PathLike, dtype=None, components=None) -> ModelAssets:
+    """Read a converted checkpoint (no torch). ``dtype`` casts the params (see :func:`cast_params`);
+    ``components`` (names of ``COMPONENTS``; None: all) reads only those params."""
     root = Path(out_dir)
     meta_path = root / "converted.json"
     if not meta_path.is_file():
@@ -473,7 +490,7 @@ def load_converted(out_dir: str | os.PathLike, dtype=None) -> ModelAssets:
         raise CheckpointError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')} "
                               f"is not a {CONVERTED_FORMAT} v{CONVERTED_VERSION} checkpoint")
     params = {name: cast_params(read_params(root / c["file"], f"{name}"), dtype)
-              for name, c in meta["components"].items()}
+              for name, c in selected_components(meta["components"], components, str(root), meta["config"]).items()}
     arrays = read_arrays(root, meta["files"])
     extra = {"fingerprint": meta.get("fingerprint", "")}
     if meta.get("emotion_text"):
@@ -507,7 +524,7 @@ def emotion_text_dir(config: ml_collections.ConfigDict, root: str | os.PathLike)
 
 def load_official_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, dtype=None, *,
                             use_cache: bool = True, w2v_bert=None, semantic_codec=None, campplus=None,
-                            bigvgan=None) -> ModelAssets:
+                            bigvgan=None, components=None) -> ModelAssets:
     """An official IndexTTS-2 directory as :class:`ModelAssets` (params in our format).
 
     The first call converts (needs torch) and saves the result under ``cache_dir`` (default
@@ -517,10 +534,12 @@ def load_official_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLik
     float32). ``w2v_bert``/``semantic_codec``/``campplus``/``bigvgan`` override the auxiliary paths
     (see :func:`check_official_model_dir`). A checkpoint that does not fit the config raises
     CheckpointError naming the component. ``extra["emotion_text_dir"]``: see :func:`emotion_text_dir` (the
-    text-to-emotion model is read from its own folder when first used, not converted here).
+    text-to-emotion model is read from its own folder when first used, not converted here). ``components``
+    (None: all) keeps only those params (a cached conversion reads only their files).
     """
     assets = _load_official_model_dir(path, cache_dir, dtype, use_cache=use_cache, w2v_bert=w2v_bert,
-                                      semantic_codec=semantic_codec, campplus=campplus, bigvgan=bigvgan)
+                                      semantic_codec=semantic_codec, campplus=campplus, bigvgan=bigvgan,
+                                      components=components)
     found = emotion_text_dir(assets.config, Path(path).resolve())
     if found is not None:
         assets.extra["emotion_text_dir"] = found
@@ -528,18 +547,20 @@ def load_official_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLik
 
 
 def _load_official_model_dir(path, cache_dir, dtype, *, use_cache, w2v_bert, semantic_codec, campplus,
-                             bigvgan) -> ModelAssets:
+                             bigvgan, components) -> ModelAssets:
     overrides = dict(w2v_bert=w2v_bert, semantic_codec=semantic_codec, campplus=campplus, bigvgan=bigvgan)
     files = check_official_model_dir(path, **overrides)
     root = Path(path).resolve()
     if not use_cache:
-        return _cast_assets(convert_official_model_dir(path, **overrides), dtype)
+        return _cast_assets(convert_official_model_dir(path, **overrides), dtype, components)
     cache_root = Path(cache_dir) if cache_dir is not None else root / "jax_cache"
     fp = fingerprint_files(files, {"config_sha256": hashlib.sha256(files["config"].read_bytes()).hexdigest()})
     entry = cache_root / fp[:24]
     if (entry / "converted.json").is_file():
         try:
-            assets = load_converted(entry)
+            assets = load_converted(entry, components=components)
+        except MissingComponentsError:  # the model lacks them (asked of the cache, not a fault of it)
+            raise
         except (CheckpointError, OSError, ValueError) as e:
             warnings.warn(f"ignoring unreadable conversion cache {entry}: {e}", stacklevel=2)
         else:
@@ -563,7 +584,7 @@ def _load_official_model_dir(path, cache_dir, dtype, *, use_cache, w2v_bert, sem
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     _drop_stale_entries(cache_root, keep=entry, source=assets.source)
-    return _cast_assets(assets, dtype)
+    return _cast_assets(assets, dtype, components)
 
 
 def _drop_stale_entries(cache_root: Path, keep: Path, source: str) -> None:
@@ -578,26 +599,30 @@ def _drop_stale_entries(cache_root: Path, keep: Path, source: str) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _cast_assets(assets: ModelAssets, dtype) -> ModelAssets:
-    if dtype is not None:
-        assets.params = {k: cast_params(v, dtype) for k, v in assets.params.items()}
+def _cast_assets(assets: ModelAssets, dtype, components=None) -> ModelAssets:
+    """``assets`` keeping only ``components`` (None: all; see :func:`selected_components`), cast to ``dtype``."""
+    kept = selected_components(assets.params, components, assets.source or "the model", assets.config)
+    assets.params = {k: v if dtype is None else cast_params(v, dtype) for k, v in kept.items()}
     return assets
 
 
-def load_assets(path: str | os.PathLike, dtype=None, **kwargs) -> ModelAssets:
+def load_assets(path: str | os.PathLike, dtype=None, components=None, **kwargs) -> ModelAssets:
     """ModelAssets from whatever ``path`` is: an inference bundle (bundle.json), a converted checkpoint
     (converted.json) or an official model directory (config.yaml; converted once and cached, ``kwargs`` go
     to :func:`load_official_model_dir`). ``dtype`` casts the params (bundles keep their stored dtype if None).
+    ``components`` (names of ``COMPONENTS``, or a function of the config giving them; None: all) reads only
+    those params; the config, the tokenizer and the small tables (w2v-BERT statistics, emotion matrices)
+    always come along.
     """
     root = Path(path)
     if (root / "bundle.json").is_file():
         from indextts2_jax.export import load_bundle
 
-        return _cast_assets(load_bundle(root), dtype)
+        return _cast_assets(load_bundle(root, components=components), dtype)
     if (root / "converted.json").is_file():
-        return load_converted(root, dtype)
+        return load_converted(root, dtype, components)
     if (root / "config.yaml").is_file():
-        return load_official_model_dir(root, dtype=dtype, **kwargs)
+        return load_official_model_dir(root, dtype=dtype, components=components, **kwargs)
     raise ModelDirectoryError(f"{root}: not an inference bundle (bundle.json), a converted checkpoint "
                               "(converted.json) or an official model directory (config.yaml)")
 
