@@ -144,7 +144,8 @@ def prepare_model(path: str | os.PathLike) -> None:
     """Make sure ``path`` loads before worker processes start.
 
     An official model directory is converted once here (filling its ``jax_cache``), so that parallel
-    workers read the cache instead of converting concurrently. Raises what ``load_assets`` raises.
+    workers read the cache instead of converting concurrently. No weights are read (``components=()``):
+    the workers read theirs. Raises what ``load_assets`` raises.
     """
     from pathlib import Path
 
@@ -153,7 +154,7 @@ def prepare_model(path: str | os.PathLike) -> None:
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"--model {str(path)!r} does not exist")
-    load_assets(root)
+    load_assets(root, components=())
 
 
 class ModelFeatures:

@@ -245,3 +245,24 @@ def test_loaders_read_only_the_named_components(tiny_official, converted, bundle
     assert sorted(load_converted(partial, components=["bigvgan"]).params) == ["bigvgan"]
     with pytest.raises(FileNotFoundError):
         load_converted(partial)
+
+
+def test_prepare_model_converts_an_official_dir_and_reads_no_weights(tiny_official, bundle_f32, tmp_path,  # noqa: F811
+                                                                     monkeypatch):
+    """Preprocessing's check before its workers start: an official dir is converted into its cache (the workers
+    then read the cache); a bundle or checkpoint is checked without reading its weights."""
+    import indextts2_jax.convert.official as official
+    from data_pipeline.model_features import prepare_model
+
+    copy = tmp_path / "IndexTTS-2"
+    shutil.copytree(tiny_official.path, copy, ignore=shutil.ignore_patterns("jax_cache"))
+    prepare_model(copy)
+    assert len(list((copy / "jax_cache").glob("*/converted.json"))) == 1
+    read = []
+    monkeypatch.setattr(official, "read_params", lambda *a, **k: read.append(a) or {})
+    monkeypatch.setattr("indextts2_jax.export.read_params", lambda *a, **k: read.append(a) or {})
+    prepare_model(copy)
+    prepare_model(bundle_f32)
+    assert read == []
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare_model(tmp_path / "nowhere")
