@@ -46,6 +46,15 @@ def _bucket(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
+def _length_groups(lengths: Sequence[int], batch_size: int):
+    """Yield ``(indices, rows)``: the items sorted by length in groups of ``batch_size`` (similar lengths pad
+    least), each group padded to ``rows`` (a power of two, at most ``batch_size``: few compiled shapes)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, _pow2_at_most(len(idx), batch_size)
+
+
 def _time_mask(n: int, lengths, dtype):
     import jax.numpy as jnp
 
@@ -267,12 +276,9 @@ class ModelFeatures:
         if codes and self._quantize is None:
             raise RuntimeError("ModelFeatures was built with codec=False")
         waves = [np.asarray(w, np.float32).reshape(-1) for w in waves_16k]
-        order = sorted(range(len(waves)), key=lambda i: waves[i].shape[0])
         out: list[Any] = [None] * len(waves)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx, rows in _length_groups([w.shape[0] for w in waves], self.batch_size):
             feats, mask = w2v_bert_features([waves[i] for i in idx])
-            rows = _pow2_at_most(len(idx), self.batch_size)
             t = _bucket(feats.shape[1], self.frame_bucket)
             feats_p = np.ones((rows, t, feats.shape[2]), np.float32)  # the extractor's padding value
             mask_p = np.zeros((rows, t), np.int32)
@@ -307,11 +313,8 @@ class ModelFeatures:
         from indextts2_jax.infer.pipeline import stacked_mel_features
 
         feats = [stacked_mel_features(w, self.mel_config) for w in waves]
-        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
         out: list[Any] = [None] * len(feats)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            rows = _pow2_at_most(len(idx), self.batch_size)
+        for idx, rows in _length_groups([f.shape[0] for f in feats], self.batch_size):
             t = _bucket(max(feats[i].shape[0] for i in idx), self.frame_bucket)
             batch = np.zeros((rows, t, feats[idx[0]].shape[1]), np.float32)
             mask = np.zeros((rows, t), np.int32)
@@ -338,12 +341,9 @@ class ModelFeatures:
         for w in waves:
             if fbank_num_frames(w.shape[0]) < 3:  # the pooled std needs >= 2 frames after the stride-2 TDNN
                 raise AudioTooShortError(f"CAMPPlus needs at least 3 fbank frames (720 samples), got {w.shape[0]}")
-        order = sorted(range(len(waves)), key=lambda i: waves[i].shape[0])
         out: list[Any] = [None] * len(waves)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx, rows in _length_groups([w.shape[0] for w in waves], self.batch_size):
             longest = max(waves[i].shape[0] for i in idx)
-            rows = _pow2_at_most(len(idx), self.batch_size)
             frames = _bucket(fbank_num_frames(longest), self.style_frame_bucket)
             n_samples = max(longest, 400 + 160 * (frames - 1))  # exactly `frames` fbank frames
             batch = np.zeros((rows, n_samples), np.float32)

@@ -468,7 +468,7 @@ def selected_components(listed: Mapping[str, Any], components, where: str, confi
     ``components``: names, or a function of the model's ``config`` giving them (what a job needs can depend on
     the config, e.g. its semantic front end). A loader reads only these files, so a job that needs a few
     components (audio to codes, preprocessing) holds no other weights. A name that ``listed`` lacks raises
-    CheckpointError naming ``where``."""
+    MissingComponentsError naming ``where``."""
     if components is None:
         return dict(listed)
     wanted = set(components(config) if callable(components) else components)
