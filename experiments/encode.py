@@ -71,23 +71,33 @@ def _inputs(args, parser) -> list[str]:
     return list(dict.fromkeys(os.path.normpath(p) for p in paths))  # "./a.wav" and "a.wav" are one file
 
 
-def _done(out: Path) -> set[str]:
-    """The ``audio`` of every complete line of an earlier run's output (a line cut by a kill is dropped)."""
-    done = set()
-    with open(out, encoding="utf-8") as f:
-        for line in f:
-            try:
-                done.add(json.loads(line)["audio"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
+_LINE_START = b'{"audio": '  # how every output line begins (json.dumps of a dict whose first key is "audio")
 
 
-def _truncate_partial_line(out: Path) -> None:
-    """Drop an unfinished last line (a run killed mid-write) so that appended lines start on their own."""
+def _resume(out: Path) -> set[str]:
+    """The ``audio`` of every line an earlier run wrote to ``out``. An unfinished last line (a run killed
+    mid-write) is cut off; a file with any other line that is not ours is refused untouched (ConfigError)."""
+    from indextts2_jax.errors import ConfigError
+
     data = out.read_bytes()
-    if data and not data.endswith(b"\n"):
-        out.write_bytes(data[: data.rfind(b"\n") + 1])
+    complete = data[: data.rfind(b"\n") + 1]
+    done = set()
+    for lineno, line in enumerate(complete.split(b"\n")[:-1], 1):
+        try:
+            record = json.loads(line)
+            ours = isinstance(record, dict) and "audio" in record and "codes" in record
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--out {out}: line {lineno} is not an encoded file's line: is it another file? "
+                              "(give a new --out, or --overwrite to replace it)")
+        done.add(record["audio"])
+    if len(complete) < len(data):
+        if not data[len(complete):].startswith(_LINE_START):
+            raise ConfigError(f"--out {out}: its last line is not an encoded file's line: is it another file? "
+                              "(give a new --out, or --overwrite to replace it)")
+        out.write_bytes(complete)
+    return done
 
 
 def load_features(spec: str, dtype: str, batch_size: int):
@@ -110,11 +120,12 @@ def main(argv=None, features=None) -> dict:
         parser.error("need 0.05 <= --min_seconds <= --max_seconds (the front ends need a few frames)")
     paths = _inputs(args, parser)
     out = Path(args.out)
+    if out.is_dir():
+        parser.error(f"--out {out} is a folder; give a file (codes.jsonl)")
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.overwrite or not out.exists():
         out.write_text("", encoding="utf-8")
-    _truncate_partial_line(out)
-    done = _done(out)
+    done = _resume(out)
     todo = [p for p in paths if p not in done]
 
     from indextts2_jax.audio import load_audio

@@ -127,6 +127,25 @@ def test_encode_refuses_bad_arguments(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_encode_refuses_an_out_file_it_did_not_write(audio_dir, tmp_path, capsys):
+    """Resuming appends to --out: a file that is not an encode output (a wav, a manifest) is left as it was."""
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"my notes\nno trailing newline")
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"id": "u0", "audio_path": "u0.wav"}\n', encoding="utf-8")
+    one_line = tmp_path / "one_line.txt"
+    one_line.write_bytes(b"a file without a newline")
+    for out in (other, manifest, one_line, audio_dir / "u0.wav"):
+        before = out.read_bytes()
+        with pytest.raises(SystemExit) as e:
+            encode.run(["--model", str(tmp_path / "unused"), "--out", str(out), str(audio_dir / "u1.wav")])
+        assert e.value.code == 2 and "is not an encoded file's line" in capsys.readouterr().err
+        assert out.read_bytes() == before
+    with pytest.raises(SystemExit) as e:
+        encode.main(["--model", "m", "--out", str(tmp_path), str(audio_dir / "u1.wav")])
+    assert e.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
 def test_encode_reports_a_model_that_is_not_there(tmp_path, capsys):
     wav = tmp_path / "a.wav"
     sf.write(str(wav), _voiced(0.5, 22050, 120, 0), 22050)
