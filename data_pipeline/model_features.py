@@ -46,13 +46,14 @@ def _bucket(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def _length_groups(lengths: Sequence[int], batch_size: int):
+def _length_groups(lengths: Sequence[int], batch_size: int, multiple: int = 1):
     """Yield ``(indices, rows)``: the items sorted by length in groups of ``batch_size`` (similar lengths pad
-    least), each group padded to ``rows`` (a power of two, at most ``batch_size``: few compiled shapes)."""
+    least), each group padded to ``rows`` (a power of two, at most ``batch_size``: few compiled shapes; then
+    a multiple of ``multiple``, the devices the rows are split over)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        yield idx, _pow2_at_most(len(idx), batch_size)
+        yield idx, _bucket(_pow2_at_most(len(idx), batch_size), multiple)
 
 
 def _time_mask(n: int, lengths, dtype):
@@ -180,13 +181,17 @@ class ModelFeatures:
             style_frame_bucket: the same for the CAMPPlus fbank frames (100 Hz).
         dtype: compute dtype of w2v-BERT and the codec encoder (float32 = official; the code argmax
             and the normalization stay float32).
+        devices: how many of this process's devices each batch is split over (data parallel: the weights
+            replicated, the rows sharded; None: all local devices). Rows are padded to a multiple of it; every
+            row's result is the same as on one device.
     """
 
     def __init__(self, model_path: str | os.PathLike, *, semantic: bool = True, codec: bool = True,
                  style: bool = True, batch_size: int = 8, frame_bucket: int = 64, style_frame_bucket: int = 128,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", devices: int | None = 1):
         import jax
         import jax.numpy as jnp
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         from indextts2_jax.convert.official import component_configs, load_assets
         from indextts2_jax.errors import ConfigError
@@ -212,6 +217,13 @@ class ModelFeatures:
             cc.check_front_end()
             semantic = False
             self.mel_config = assets.config.model.s2mel.preprocess_params
+        local = jax.local_devices()
+        self.num_devices = len(local) if devices is None else int(devices)
+        if not 1 <= self.num_devices <= len(local):
+            raise ConfigError(f"devices={devices}: this process has {len(local)} local devices")
+        mesh = Mesh(np.array(local[: self.num_devices]), ("data",))
+        self._replicated = NamedSharding(mesh, PartitionSpec())
+        self._row_sharding = NamedSharding(mesh, PartitionSpec("data"))
         self.batch_size = max(1, int(batch_size))
         self.frame_bucket = max(1, int(frame_bucket))
         self.style_frame_bucket = max(8, int(style_frame_bucket))
@@ -230,9 +242,9 @@ class ModelFeatures:
             if missing:
                 raise ConfigError(f"{self.source}: w2v-BERT params lack layers {missing} (need 0..{n - 1})")
             params["encoder"] = {f"layers_{i}": layers[f"layers_{i}"] for i in range(n)}
-            self.w2v_params = jax.device_put(params)
-            self.mean = jnp.asarray(assets.w2v_stats["mean"], jnp.float32)
-            self.var = jnp.asarray(assets.w2v_stats["var"], jnp.float32)
+            self.w2v_params = jax.device_put(params, self._replicated)
+            self.mean, self.var = (jax.device_put(np.asarray(assets.w2v_stats[k], np.float32), self._replicated)
+                                   for k in ("mean", "var"))
             w2v_model = w2v_bert.W2VBert(self.w2v_config, num_layers=n, dtype=compute)
 
             def embed(params, mean, var, feats, mask):
@@ -241,7 +253,7 @@ class ModelFeatures:
 
             self._embed = jax.jit(embed)
         if codec:
-            self.codec_params = jax.device_put(assets.params["semantic_codec"])
+            self.codec_params = jax.device_put(assets.params["semantic_codec"], self._replicated)
             codec_model = semantic_codec.SemanticCodec(self.codec_config, dtype=compute)
 
             def quantize(params, hidden, mask):
@@ -251,7 +263,7 @@ class ModelFeatures:
 
             self._quantize = jax.jit(quantize)
         if style:
-            self.campplus_variables = jax.device_put(assets.params["campplus"])
+            self.campplus_variables = jax.device_put(assets.params["campplus"], self._replicated)
             camp_model = campplus.CAMPPlus(self.campplus_config)
 
             def embed_style(variables, fbank, lengths):
@@ -277,7 +289,7 @@ class ModelFeatures:
             raise RuntimeError("ModelFeatures was built with codec=False")
         waves = [np.asarray(w, np.float32).reshape(-1) for w in waves_16k]
         out: list[Any] = [None] * len(waves)
-        for idx, rows in _length_groups([w.shape[0] for w in waves], self.batch_size):
+        for idx, rows in _length_groups([w.shape[0] for w in waves], self.batch_size, self.num_devices):
             feats, mask = w2v_bert_features([waves[i] for i in idx])
             t = _bucket(feats.shape[1], self.frame_bucket)
             feats_p = np.ones((rows, t, feats.shape[2]), np.float32)  # the extractor's padding value
@@ -285,6 +297,7 @@ class ModelFeatures:
             feats_p[: len(idx), : feats.shape[1]] = feats
             mask_p[: len(idx), : feats.shape[1]] = mask
             mask_p[len(idx):, 0] = 1  # dummy rows: one valid frame keeps their softmax defined
+            feats_p, mask_p = self._rows(feats_p, mask_p)
             hidden = self._embed(self.w2v_params, self.mean, self.var, feats_p, mask_p)
             code_arr = np.asarray(self._quantize(self.codec_params, hidden, mask_p)) if codes else None
             hidden = np.asarray(hidden, np.float32)
@@ -293,6 +306,12 @@ class ModelFeatures:
                 c = None if code_arr is None else np.ascontiguousarray(code_arr[row, :n], np.int32)
                 out[i] = (np.ascontiguousarray(hidden[row, :n]), c)
         return out
+
+    def _rows(self, *arrays):
+        """Host batches onto the devices, split by rows (the leading axis)."""
+        import jax
+
+        return tuple(jax.device_put(a, self._row_sharding) for a in arrays)
 
     def codes(self, waves_22k: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per 22.05 kHz waveform its semantic codes ``(T,)`` int32, in input order: what the GPT predicts.
@@ -314,7 +333,7 @@ class ModelFeatures:
 
         feats = [stacked_mel_features(w, self.mel_config) for w in waves]
         out: list[Any] = [None] * len(feats)
-        for idx, rows in _length_groups([f.shape[0] for f in feats], self.batch_size):
+        for idx, rows in _length_groups([f.shape[0] for f in feats], self.batch_size, self.num_devices):
             t = _bucket(max(feats[i].shape[0] for i in idx), self.frame_bucket)
             batch = np.zeros((rows, t, feats[idx[0]].shape[1]), np.float32)
             mask = np.zeros((rows, t), np.int32)
@@ -322,7 +341,7 @@ class ModelFeatures:
             for row, i in enumerate(idx):
                 batch[row, : feats[i].shape[0]] = feats[i]
                 mask[row, : feats[i].shape[0]] = 1
-            code_arr = np.asarray(self._quantize(self.codec_params, batch, mask))
+            code_arr = np.asarray(self._quantize(self.codec_params, *self._rows(batch, mask)))
             for row, i in enumerate(idx):
                 out[i] = np.ascontiguousarray(code_arr[row, : feats[i].shape[0]], np.int32)
         return out
@@ -342,7 +361,7 @@ class ModelFeatures:
             if fbank_num_frames(w.shape[0]) < 3:  # the pooled std needs >= 2 frames after the stride-2 TDNN
                 raise AudioTooShortError(f"CAMPPlus needs at least 3 fbank frames (720 samples), got {w.shape[0]}")
         out: list[Any] = [None] * len(waves)
-        for idx, rows in _length_groups([w.shape[0] for w in waves], self.batch_size):
+        for idx, rows in _length_groups([w.shape[0] for w in waves], self.batch_size, self.num_devices):
             longest = max(waves[i].shape[0] for i in idx)
             frames = _bucket(fbank_num_frames(longest), self.style_frame_bucket)
             n_samples = max(longest, 400 + 160 * (frames - 1))  # exactly `frames` fbank frames
@@ -352,8 +371,9 @@ class ModelFeatures:
                 batch[row, : waves[i].shape[0]] = waves[i]
                 lengths[row] = waves[i].shape[0]
             fbank = campplus_features(batch, lengths)
-            emb = np.asarray(self._campplus(self.campplus_variables, fbank,
-                                            np.asarray(fbank_num_frames(lengths), np.int32)), np.float32)
+            frames_of = np.asarray(fbank_num_frames(lengths), np.int32)
+            emb = np.asarray(self._campplus(self.campplus_variables, *self._rows(np.asarray(fbank), frames_of)),
+                             np.float32)
             for row, i in enumerate(idx):
                 out[i] = np.ascontiguousarray(emb[row])
         return out

@@ -7,7 +7,9 @@
 Each file goes through the model's semantic front end (w2v-BERT 2.0 ``hidden_states[17]``, normalised, on the
 16 kHz audio of infer_v2's speaker-prompt path; or the demo's stacked log-mel) and the semantic codec's
 ``quantize``: the codes the GPT predicts (50 per second officially, 43.07 with the demo front end). Files are
-batched by length (``data_pipeline.model_features.ModelFeatures.codes``: each row equals the file run alone).
+batched by length (``data_pipeline.model_features.ModelFeatures.codes``: each row equals the file run alone),
+each batch split over all local devices (``--devices``); several hosts (or one process per device group) share
+a file list with ``--process_index i --process_count n``, each writing its own ``--out``.
 
 Output: one JSON object per encoded file, ``{"audio": path, "codes": [...], "num_codes": T, "seconds": s}``,
 appended and flushed chunk by chunk (``--chunk`` files). A killed run loses at most the chunk in flight: run
@@ -45,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=64, help="files read and written per step (the resume grain)")
     p.add_argument("--min_seconds", type=float, default=0.1, help="shorter files are skipped")
     p.add_argument("--max_seconds", type=float, default=600.0, help="longer files are skipped")
+    p.add_argument("--devices", type=int, default=0,
+                   help="local devices each batch is split over (0: all; weights replicated, rows sharded)")
+    p.add_argument("--process_index", type=int, default=0, help="this process takes files i, i+n, i+2n, ...")
+    p.add_argument("--process_count", type=int, default=1, help="n: processes (hosts) sharing the file list")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="compute dtype of w2v-BERT and the codec encoder (the code argmax stays float32)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -100,13 +106,14 @@ def _resume(out: Path) -> set[str]:
     return done
 
 
-def load_features(spec: str, dtype: str, batch_size: int):
-    """``ModelFeatures`` with the codec only, for ``--model``'s path or ``random:tiny|official``."""
+def load_features(spec: str, dtype: str, batch_size: int, devices: int = 1):
+    """``ModelFeatures`` with the codec only, for ``--model``'s path or ``random:tiny|official``, its batches
+    split over ``devices`` local devices (0: all)."""
     from data_pipeline.model_features import ModelFeatures
 
     assets = random_model_assets(spec)
     return ModelFeatures(spec if assets is None else assets, semantic=False, codec=True, style=False,
-                         batch_size=batch_size, dtype=dtype)
+                         batch_size=batch_size, dtype=dtype, devices=devices or None)
 
 
 def main(argv=None, features=None) -> dict:
@@ -116,9 +123,13 @@ def main(argv=None, features=None) -> dict:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.chunk < 1:
         parser.error("--batch_size and --chunk must be >= 1")
+    if not 0 <= args.process_index < args.process_count:
+        parser.error(f"--process_index {args.process_index} is outside 0..--process_count-1")
+    if args.devices < 0:
+        parser.error("--devices must be >= 0 (0: all local devices)")
     if args.min_seconds < 0.05 or args.max_seconds < args.min_seconds:
         parser.error("need 0.05 <= --min_seconds <= --max_seconds (the front ends need a few frames)")
-    paths = _inputs(args, parser)
+    paths = _inputs(args, parser)[args.process_index::args.process_count]
     out = Path(args.out)
     if out.is_dir():
         parser.error(f"--out {out} is a folder; give a file (codes.jsonl)")
@@ -132,7 +143,7 @@ def main(argv=None, features=None) -> dict:
     from indextts2_jax.errors import AudioError
 
     if features is None and todo:
-        features = load_features(args.model, args.dtype, args.batch_size)
+        features = load_features(args.model, args.dtype, args.batch_size, args.devices)
     skipped: list[dict] = []
     n_codes = 0
     audio_seconds = model_s = 0.0

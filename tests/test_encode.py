@@ -115,11 +115,26 @@ def test_encode_inputs_from_a_list_and_a_folder(audio_dir, tmp_path):
                                                            ("u0.wav", "u1.wav", "u3.wav", "u4.wav")]
 
 
+def test_encode_processes_share_a_file_list(model, audio_dir, tmp_path):
+    """--process_index i --process_count n: files i, i+n, ... of the list; together the processes cover it once."""
+    _, _, feats = model
+    files = [str(audio_dir / f"u{i}.wav") for i in range(5)]
+    got = []
+    for i in range(2):
+        out = tmp_path / f"codes.{i}.jsonl"
+        encode.main(["--model", "unused", "--out", str(out), "--process_index", str(i), "--process_count", "2",
+                     "--no_progress", *files], features=feats)
+        got.append([json.loads(line)["audio"] for line in out.read_text(encoding="utf-8").splitlines()])
+    assert got == [files[0::2], files[1::2]]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--out", "o.jsonl"], "no audio"),
     (["--out", "o.jsonl", "--dir", "/nonexistent_dir_xyz"], "not a folder"),
     (["--out", "o.jsonl", "a.wav", "--min_seconds", "0"], "--min_seconds"),
     (["--out", "o.jsonl", "a.wav", "--batch_size", "0"], "--batch_size"),
+    (["--out", "o.jsonl", "a.wav", "--process_index", "2", "--process_count", "2"], "--process_index"),
+    (["--out", "o.jsonl", "a.wav", "--devices", "-1"], "--devices"),
 ])
 def test_encode_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -178,9 +193,57 @@ def test_preprocess_codes_of_a_demo_front_end_model(audio_dir, tmp_path):
         pp.FeatureExtractor(pp.PreprocessOptions(features=("w2v_bert",), model=str(bundle)))
 
 
+def test_model_features_refuse_more_devices_than_there_are():
+    import jax
+
+    from data_pipeline.model_features import ModelFeatures
+    from indextts2_jax.errors import ConfigError
+
+    n = jax.local_device_count()
+    with pytest.raises(ConfigError, match=f"this process has {n} local devices"):
+        ModelFeatures(_assets("mel"), semantic=False, style=False, devices=n + 1)
+
+
 def test_random_model_specs():
     from experiments import random_model_assets
 
     assert random_model_assets("checkpoints/IndexTTS-2") is None  # a path: loaded by the launcher
     with pytest.raises(SystemExit, match="random:tiny or random:official"):
         random_model_assets("random:huge")
+
+
+_DATA_PARALLEL = """
+import numpy as np, jax
+from data_pipeline.model_features import ModelFeatures
+from indextts2_jax.audio import resample_22k_to_16k
+from indextts2_jax.infer import random_assets as ra
+
+assert jax.local_device_count() == 8
+assets = ra.random_assets(ra.tiny_config(minimal=True), 0)
+rng = np.random.default_rng(0)
+waves = [(0.1 * rng.standard_normal(int(22050 * s))).astype(np.float32) for s in (0.5, 1.2, 0.8, 1.6, 0.7)]
+one = ModelFeatures(assets, batch_size=4)
+spread = ModelFeatures(assets, batch_size=4, devices=None)
+assert (one.num_devices, spread.num_devices) == (1, 8)
+assert len(spread._rows(np.zeros((8, 3)))[0].sharding.device_set) == 8
+for a, b in zip(one.codes(waves), spread.codes(waves)):
+    np.testing.assert_array_equal(a, b)
+w16 = [resample_22k_to_16k(w) for w in waves]
+for a, b in zip(one.style(w16), spread.style(w16)):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+print("SAME")
+"""
+
+
+def test_model_features_split_over_devices_give_the_one_device_results(tmp_path):
+    """``ModelFeatures(devices=None)`` on 8 simulated devices (rows sharded, weights replicated): the codes equal
+    one device's exactly, the CAMPPlus embeddings within float32 rounding (1e-5 of the largest: other shapes
+    may sum in another order)."""
+    import subprocess
+    import sys
+
+    from tests.subproc import REPO, cpu_env
+
+    proc = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], cwd=REPO, env=cpu_env(devices=8),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "SAME" in proc.stdout, proc.stderr[-3000:]
