@@ -355,6 +355,7 @@ class PreprocessOptions:
     semantic_dtype: str = "float16"  # storage dtype of w2v_bert's semantic_features
     model_batch_size: int = 8  # utterances per worker task and per w2v-BERT call
     model_frame_bucket: int = 64  # w2v-BERT frames padded to a multiple of this (bounds recompiles)
+    model_devices: int = 1  # local devices each model batch is split over (0: all; with worker processes keep 1)
 
 
 class FeatureExtractor:
@@ -374,7 +375,8 @@ class FeatureExtractor:
             self.models = ModelFeatures(
                 options.model, semantic="w2v_bert" in model_feats or "semantic_codes" in model_feats,
                 codec="semantic_codes" in model_feats, style="campplus" in model_feats,
-                batch_size=options.model_batch_size, frame_bucket=options.model_frame_bucket)
+                batch_size=options.model_batch_size, frame_bucket=options.model_frame_bucket,
+                devices=options.model_devices or None)
             if self.models.front_end == "mel" and "w2v_bert" in model_feats:
                 raise ConfigError(f"feature 'w2v_bert': the model {options.model} reads the demo's stacked log-mel "
                                   "(semantic_features 'mel'), not w2v-BERT features: use 'mel_stacked'")
@@ -715,6 +717,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--semantic_dtype", choices=("float16", "float32"), default="float16",
                    help="storage dtype of the w2v_bert semantic_features")
     p.add_argument("--model_batch_size", type=int, default=8, help="utterances per w2v-BERT call / worker task")
+    p.add_argument("--model_devices", type=int, default=1,
+                   help="local devices each model batch is split over (0: all; for --num_workers 0 on a multi-GPU "
+                        "host)")
     p.add_argument("--num_workers", type=int, default=-1, help="processes (default: config.data.num_workers)")
     p.add_argument("--process_index", type=int, default=0)
     p.add_argument("--process_count", type=int, default=1)
@@ -745,7 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     features = [f.strip() for f in a.features.split(",") if f.strip()] or None
     options = options_from_config(config, features, a.bpe_model, a.model)
     options = dataclasses.replace(options, silence_threshold=a.silence_threshold, clip_fraction=a.clip_fraction,
-                                  mono=a.mono, semantic_dtype=a.semantic_dtype, model_batch_size=a.model_batch_size)
+                                  mono=a.mono, semantic_dtype=a.semantic_dtype, model_batch_size=a.model_batch_size,
+                                  model_devices=a.model_devices)
     try:
         check_features(options.features, options.model)
     except ModelRequiredError as e:

@@ -191,6 +191,8 @@ def test_preprocess_codes_of_a_demo_front_end_model(audio_dir, tmp_path):
         np.testing.assert_array_equal(recs[u.id]["semantic_codes"], tts.semantic_codes(u.audio_path))
     with pytest.raises(ConfigError, match="stacked log-mel"):
         pp.FeatureExtractor(pp.PreprocessOptions(features=("w2v_bert",), model=str(bundle)))
+    with pytest.raises(ConfigError, match="local devices"):  # --model_devices reaches the model
+        pp.FeatureExtractor(pp.PreprocessOptions(features=("semantic_codes",), model=str(bundle), model_devices=99))
 
 
 def test_model_features_refuse_more_devices_than_there_are():
