@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8, help="files per model call")
     p.add_argument("--chunk", type=int, default=64, help="files read and written per step (the resume grain)")
     p.add_argument("--min_seconds", type=float, default=0.1, help="shorter files are skipped")
-    p.add_argument("--max_seconds", type=float, default=600.0, help="longer files are skipped")
+    p.add_argument("--max_seconds", type=float, default=60.0,
+                   help="longer files are skipped (w2v-BERT attends over the whole file: memory grows with the "
+                        "square of its length; 60 s is ~0.6 GB of scores per file and layer in float32)")
     p.add_argument("--devices", type=int, default=0,
                    help="local devices each batch is split over (0: all; weights replicated, rows sharded)")
     p.add_argument("--process_index", type=int, default=0, help="this process takes files i, i+n, i+2n, ...")
