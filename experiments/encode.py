@@ -9,7 +9,8 @@ Each file goes through the model's semantic front end (w2v-BERT 2.0 ``hidden_sta
 ``quantize``: the codes the GPT predicts (50 per second officially, 43.07 with the demo front end). Files are
 batched by length (``data_pipeline.model_features.ModelFeatures.codes``: each row equals the file run alone),
 each batch split over all local devices (``--devices``); several hosts (or one process per device group) share
-a file list with ``--process_index i --process_count n``, each writing its own ``--out``.
+a file list with ``--process_index i --process_count n``, each writing its own ``--out``. Each length bucket is
+a compiled program: ``--compilation_cache DIR`` keeps them for a resumed or repeated job.
 
 Output: one JSON object per encoded file, ``{"audio": path, "codes": [...], "num_codes": T, "seconds": s}``,
 appended and flushed chunk by chunk (``--chunk`` files). A killed run loses at most the chunk in flight: run
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process_count", type=int, default=1, help="n: processes (hosts) sharing the file list")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="compute dtype of w2v-BERT and the codec encoder (the code argmax stays float32)")
+    p.add_argument("--compilation_cache", metavar="DIR",
+                   help="JAX's persistent compilation cache: a resumed or repeated job reads its compiled "
+                        "programs (one per length bucket) from here")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--no_progress", action="store_true", help="no progress lines")
     return p
@@ -144,6 +148,10 @@ def main(argv=None, features=None) -> dict:
     from indextts2_jax.audio import load_audio
     from indextts2_jax.errors import AudioError
 
+    if args.compilation_cache:
+        from indextts2_jax import compile_cache
+
+        compile_cache.enable(args.compilation_cache)
     if features is None and todo:
         features = load_features(args.model, args.dtype, args.batch_size, args.devices)
     skipped: list[dict] = []
@@ -180,6 +188,8 @@ def main(argv=None, features=None) -> dict:
               "model_s": round(model_s, 3), "code_rate": getattr(features, "code_rate", None),
               "front_end": getattr(features, "front_end", None),
               "audio_seconds_per_second": round(audio_seconds / wall, 2) if wall > 0 else None}
+    if args.compilation_cache:
+        report["compilation_cache"] = compile_cache.stats()
     if args.json:
         print(json.dumps(report, indent=2))
     else:

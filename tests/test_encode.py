@@ -7,6 +7,8 @@ front end run alone at the file's own length) exactly.
 
 import functools
 import json
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from experiments import encode
+from tests.subproc import REPO, cpu_env
 
 
 def _voiced(seconds: float, sr: int, f0: float, seed: int) -> np.ndarray:
@@ -241,11 +244,26 @@ def test_model_features_split_over_devices_give_the_one_device_results(tmp_path)
     """``ModelFeatures(devices=None)`` on 8 simulated devices (rows sharded, weights replicated): the codes equal
     one device's exactly, the CAMPPlus embeddings within float32 rounding (1e-5 of the largest: other shapes
     may sum in another order)."""
-    import subprocess
-    import sys
-
-    from tests.subproc import REPO, cpu_env
-
     proc = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], cwd=REPO, env=cpu_env(devices=8),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "SAME" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_encode_resumed_in_a_new_process_reads_its_programs_from_the_cache(audio_dir, tmp_path):
+    """``--compilation_cache``: a job stopped and resumed in a new process compiles nothing new for the lengths it
+    had seen (every compile request of the resumed part is a hit) and writes the same codes as one whole run."""
+    files = [str(audio_dir / f"u{i}.wav") for i in (0, 2, 4)]  # 0.6, 0.9, 1.1 s: one 64-frame bucket
+    reports = []
+    for n, out in ((2, "resumed.jsonl"), (3, "resumed.jsonl"), (3, "whole.jsonl")):
+        argv = ["--model", "random:tiny", "--out", str(tmp_path / out), "--batch_size", "1", "--json",
+                "--no_progress", "--compilation_cache", str(tmp_path / ("xla" if out == "resumed.jsonl" else "xla2")),
+                *files[:n]]
+        proc = subprocess.run([sys.executable, "-m", "experiments.encode", *argv], cwd=REPO, env=cpu_env(),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports.append(json.loads(proc.stdout))
+    first, resumed, whole = reports
+    assert (first["encoded"], resumed["encoded"], resumed["already_done"]) == (2, 1, 2)
+    assert first["compilation_cache"]["requests"] > 0 and first["compilation_cache"]["hits"] == 0
+    assert resumed["compilation_cache"]["hits"] == resumed["compilation_cache"]["requests"] > 0
+    assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
