@@ -6,7 +6,8 @@ its compiled programs from disk instead of compiling them again.
     ...
     compile_cache.stats()   # {"dir": ..., "requests": 31, "hits": 31}
 
-``experiments.synthesize``, ``experiments.serve`` and ``experiments.train`` take ``--compilation_cache DIR``.
+``experiments.synthesize``, ``experiments.serve``, ``experiments.train`` and ``experiments.encode`` take
+``--compilation_cache DIR``.
 This is JAX's own cache (``jax_compilation_cache_dir``; setting ``JAX_COMPILATION_CACHE_DIR`` does the same
 without the counters) with two changes to its defaults: every program is written, whatever its compile time
 or size (JAX skips programs that compiled in under 1 s, which is most of a small model's synthesis stages on
