@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL (appended to; files already there are skipped)")
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
     p.add_argument("--batch_size", type=int, default=8, help="files per model call")
+    p.add_argument("--frame_bucket", type=int, default=64,
+                   help="feature frames padded to a multiple of this (one compiled program per multiple; 64 = "
+                        "1.28 s at 50 Hz: larger, fewer compiles and more padding)")
     p.add_argument("--chunk", type=int, default=64, help="files read and written per step (the resume grain)")
     p.add_argument("--min_seconds", type=float, default=0.1, help="shorter files are skipped")
     p.add_argument("--max_seconds", type=float, default=60.0,
@@ -112,14 +115,14 @@ def _resume(out: Path) -> set[str]:
     return done
 
 
-def load_features(spec: str, dtype: str, batch_size: int, devices: int = 1):
+def load_features(spec: str, dtype: str, batch_size: int, devices: int = 1, frame_bucket: int = 64):
     """``ModelFeatures`` with the codec only, for ``--model``'s path or ``random:tiny|official``, its batches
     split over ``devices`` local devices (0: all)."""
     from data_pipeline.model_features import ModelFeatures
 
     assets = random_model_assets(spec)
     return ModelFeatures(spec if assets is None else assets, semantic=False, codec=True, style=False,
-                         batch_size=batch_size, dtype=dtype, devices=devices or None)
+                         batch_size=batch_size, frame_bucket=frame_bucket, dtype=dtype, devices=devices or None)
 
 
 def main(argv=None, features=None) -> dict:
@@ -127,8 +130,8 @@ def main(argv=None, features=None) -> dict:
     ``ModelFeatures`` (``--model`` is then not loaded)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.chunk < 1:
-        parser.error("--batch_size and --chunk must be >= 1")
+    if min(args.batch_size, args.chunk, args.frame_bucket) < 1:
+        parser.error("--batch_size, --chunk and --frame_bucket must be >= 1")
     if not 0 <= args.process_index < args.process_count:
         parser.error(f"--process_index {args.process_index} is outside 0..--process_count-1")
     if args.devices < 0:
@@ -153,7 +156,7 @@ def main(argv=None, features=None) -> dict:
 
         compile_cache.enable(args.compilation_cache)
     if features is None and todo:
-        features = load_features(args.model, args.dtype, args.batch_size, args.devices)
+        features = load_features(args.model, args.dtype, args.batch_size, args.devices, args.frame_bucket)
     skipped: list[dict] = []
     n_codes = 0
     audio_seconds = model_s = 0.0

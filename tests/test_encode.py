@@ -136,6 +136,7 @@ def test_encode_processes_share_a_file_list(model, audio_dir, tmp_path):
     (["--out", "o.jsonl", "--dir", "/nonexistent_dir_xyz"], "not a folder"),
     (["--out", "o.jsonl", "a.wav", "--min_seconds", "0"], "--min_seconds"),
     (["--out", "o.jsonl", "a.wav", "--batch_size", "0"], "--batch_size"),
+    (["--out", "o.jsonl", "a.wav", "--frame_bucket", "0"], "--frame_bucket"),
     (["--out", "o.jsonl", "a.wav", "--process_index", "2", "--process_count", "2"], "--process_index"),
     (["--out", "o.jsonl", "a.wav", "--devices", "-1"], "--devices"),
 ])
