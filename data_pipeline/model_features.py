@@ -273,9 +273,10 @@ class ModelFeatures:
         del assets
 
     # ------------------------------------------------------------------------------------------
-    def semantic(self, waves_16k: Sequence[np.ndarray], codes: bool = False
-                 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Per waveform ``(features (T, H) float32, codes (T,) int32 or None)``, in input order."""
+    def semantic(self, waves_16k: Sequence[np.ndarray], codes: bool = False, features: bool = True
+                 ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """Per waveform ``(features (T, H) float32, codes (T,) int32 or None)``, in input order; ``features=False``
+        leaves the features on the device (None; for a caller that wants only the codes)."""
         from indextts2_jax.audio import w2v_bert_features
 
         if self.front_end == "mel":
@@ -300,11 +301,11 @@ class ModelFeatures:
             feats_p, mask_p = self._rows(feats_p, mask_p)
             hidden = self._embed(self.w2v_params, self.mean, self.var, feats_p, mask_p)
             code_arr = np.asarray(self._quantize(self.codec_params, hidden, mask_p)) if codes else None
-            hidden = np.asarray(hidden, np.float32)
+            hidden = np.asarray(hidden, np.float32) if features else None
             for row, i in enumerate(idx):
                 n = int(mask[row].sum())
                 c = None if code_arr is None else np.ascontiguousarray(code_arr[row, :n], np.int32)
-                out[i] = (np.ascontiguousarray(hidden[row, :n]), c)
+                out[i] = (None if hidden is None else np.ascontiguousarray(hidden[row, :n]), c)
         return out
 
     def _rows(self, *arrays):
@@ -328,7 +329,7 @@ class ModelFeatures:
             raise RuntimeError("ModelFeatures was built with codec=False")
         waves = [np.asarray(w, np.float32).reshape(-1) for w in waves_22k]
         if self.front_end == "w2v_bert":
-            return [c for _, c in self.semantic([resample_22k_to_16k(w) for w in waves], codes=True)]
+            return [c for _, c in self.semantic([resample_22k_to_16k(w) for w in waves], codes=True, features=False)]
         from indextts2_jax.infer.pipeline import stacked_mel_features
 
         feats = [stacked_mel_features(w, self.mel_config) for w in waves]

@@ -238,8 +238,9 @@ def _ensure_semantic(ctxs: Sequence[_Context]) -> None:
     todo = [c for c in ctxs if "semantic" not in c._cache]
     if not todo:
         return
-    want_codes = "semantic_codes" in todo[0].options.features
-    outs = _models_of(todo).semantic([c.wave_16k for c in todo], codes=want_codes)
+    wanted = todo[0].options.features
+    outs = _models_of(todo).semantic([c.wave_16k for c in todo], codes="semantic_codes" in wanted,
+                                     features="w2v_bert" in wanted)
     for c, o in zip(todo, outs):
         c._cache["semantic"] = o
 

@@ -226,11 +226,11 @@ def test_failed_batch_falls_back_to_single_utterances(corpus, model_dir, monkeyp
     real_semantic = ModelFeatures.semantic
     calls = []
 
-    def flaky(self, waves, codes=False):
+    def flaky(self, waves, codes=False, features=True):
         calls.append(len(waves))
         if any(w.shape[0] > 2 * 16000 for w in waves):  # u2 (2.3 s) fails, alone or in a batch
             raise FloatingPointError("model blew up")
-        return real_semantic(self, waves, codes)
+        return real_semantic(self, waves, codes, features)
 
     monkeypatch.setattr(ModelFeatures, "semantic", flaky)
     results = ex.process(utts)
