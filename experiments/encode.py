@@ -90,28 +90,34 @@ _LINE_START = b'{"audio": '  # how every output line begins (json.dumps of a dic
 
 
 def _resume(out: Path) -> set[str]:
-    """The ``audio`` of every line an earlier run wrote to ``out``. An unfinished last line (a run killed
-    mid-write) is cut off; a file with any other line that is not ours is refused untouched (ConfigError)."""
+    """The ``audio`` of every line an earlier run wrote to ``out``, read line by line (an output may be large).
+    An unfinished last line (a run killed mid-write) is cut off; a file with any other line that is not ours is
+    refused untouched (ConfigError). (``indextts2_jax.jsonl`` reads whole lines only; this needs the offsets.)"""
     from indextts2_jax.errors import ConfigError
 
-    data = out.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    done = set()
-    for lineno, line in enumerate(complete.split(b"\n")[:-1], 1):
-        try:
-            record = json.loads(line)
-            ours = isinstance(record, dict) and "audio" in record and "codes" in record
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            ours = False
-        if not ours:
-            raise ConfigError(f"--out {out}: line {lineno} is not an encoded file's line: is it another file? "
-                              "(give a new --out, or --overwrite to replace it)")
-        done.add(record["audio"])
-    if len(complete) < len(data):
-        if not data[len(complete):].startswith(_LINE_START):
-            raise ConfigError(f"--out {out}: its last line is not an encoded file's line: is it another file? "
-                              "(give a new --out, or --overwrite to replace it)")
-        out.write_bytes(complete)
+    def foreign(which: str) -> ConfigError:
+        return ConfigError(f"--out {out}: {which} is not an encoded file's line: is it another file? "
+                           "(give a new --out, or --overwrite to replace it)")
+
+    done, complete_bytes, partial = set(), 0, b""
+    with open(out, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):  # only the last line can lack it
+                partial = line
+                break
+            try:
+                record = json.loads(line)
+                ours = isinstance(record, dict) and "audio" in record and "codes" in record
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                ours = False
+            if not ours:
+                raise foreign(f"line {lineno}")
+            done.add(record["audio"])
+            complete_bytes += len(line)
+    if partial:
+        if not partial.startswith(_LINE_START):
+            raise foreign("its last line")
+        os.truncate(out, complete_bytes)
     return done
 
 
